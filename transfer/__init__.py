@@ -1,0 +1,3 @@
+"""transfer: resumable, integrity-checked file transfer over HTTP."""
+
+__version__ = "0.1.0"

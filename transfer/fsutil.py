@@ -1,0 +1,54 @@
+"""Durable file-system steps, blocking on purpose (callers choose the thread).
+
+Invariants:
+- `write_atomic` leaves either the old file or the complete new one at `path`, never a
+  mix: temporary name, fsync, `os.replace`, fsync of the directory.
+- `fsync_dir` after every create, rename or unlink whose survival matters.
+Temporary names end in `.tmp` so recovery can sweep them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+TMP_SUFFIX = ".tmp"
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` durably and atomically."""
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        write_all(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    """`os.write` until every byte is written (short writes happen on full disks)."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def remove_tmp_files(directory: Path) -> list[Path]:
+    """Delete leftover `*.tmp` files of interrupted atomic writes; return what was removed."""
+    removed = [p for p in directory.glob(f"*{TMP_SUFFIX}") if p.is_file()]
+    for path in removed:
+        path.unlink()
+    if removed:
+        fsync_dir(directory)
+    return removed

@@ -1,0 +1,204 @@
+"""The resumable-upload protocol as pure values and functions: no I/O, no asyncio.
+
+Content-Range forms a `PUT /uploads/{id}` may carry (GCS resumable-upload semantics):
+
+    bytes S-E/T   a chunk of a file whose total T is known
+    bytes S-E/*   a chunk, total not yet known
+    bytes */T     no body: declares the total (and finalizes if every byte is there)
+    bytes */*     no body: asks how far the upload is
+
+Invariants kept by `plan_chunk` and `declare_total` (and checked by property tests):
+- the offset only ever moves forward, and never past a known total;
+- once a total is known it never changes;
+- a chunk that starts past the offset is refused (a gap), one that starts before it is
+  accepted and its already-stored prefix is skipped, never written twice.
+Parsers accept ASCII digits only and raise `BadRequest` with a stable code.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+
+from transfer.errors import BadRequest, Conflict, RangeNotSatisfiable
+
+# No file we accept comes near this; it keeps absurd numbers out of arithmetic.
+MAX_POSITION = 2**53
+_DIGITS = r"(0|[1-9][0-9]{0,15})"
+_CHUNK = re.compile(rf"bytes {_DIGITS}-{_DIGITS}/({_DIGITS}|\*)")
+_TOTAL_ONLY = re.compile(rf"bytes \*/({_DIGITS}|\*)")
+_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkRange:
+    """`bytes start-end/total`: `end` is inclusive, `total` None for `*`."""
+
+    start: int
+    end: int
+    total: int | None
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start + 1
+
+
+@dataclass(frozen=True, slots=True)
+class TotalOnly:
+    """`bytes */total`, or `bytes */*` (total None): a body-less declaration or query."""
+
+    total: int | None
+
+
+ContentRange = ChunkRange | TotalOnly
+
+
+def parse_content_range(value: str) -> ContentRange:
+    """Parse a request's Content-Range header.
+
+    Raises:
+        BadRequest: `invalid_content_range` when the syntax is wrong or not ASCII,
+            or when end < start or end >= total.
+    """
+    if not value.isascii():
+        raise BadRequest("invalid_content_range", "Content-Range must be ASCII")
+    text = value.strip()
+    if match := _TOTAL_ONLY.fullmatch(text):
+        return TotalOnly(_total(match.group(1)))
+    match = _CHUNK.fullmatch(text)
+    if match is None:
+        raise BadRequest(
+            "invalid_content_range",
+            f"Content-Range {value!r} is not 'bytes S-E/T', 'bytes S-E/*', 'bytes */T' or 'bytes */*'",
+        )
+    start, end, total = int(match.group(1)), int(match.group(2)), _total(match.group(3))
+    if end < start:
+        raise BadRequest("invalid_content_range", f"range end {end} is before start {start}")
+    if total is not None and end >= total:
+        raise BadRequest("invalid_content_range", f"range end {end} is not below total {total}")
+    if end >= MAX_POSITION:
+        raise BadRequest("invalid_content_range", f"range end {end} is absurdly large")
+    return ChunkRange(start, end, total)
+
+
+def _total(text: str) -> int | None:
+    if text == "*":
+        return None
+    total = int(text)
+    if total > MAX_POSITION:
+        raise BadRequest("invalid_content_range", f"total {total} is absurdly large")
+    return total
+
+
+def format_content_range(rng: ContentRange) -> str:
+    """The header value for `rng`; `parse_content_range` inverts it."""
+    total = "*" if rng.total is None else str(rng.total)
+    if isinstance(rng, TotalOnly):
+        return f"bytes */{total}"
+    return f"bytes {rng.start}-{rng.end}/{total}"
+
+
+def format_range(offset: int) -> str | None:
+    """The `Range` header of a 308: `bytes=0-N`, or None when nothing is stored."""
+    return None if offset == 0 else f"bytes=0-{offset - 1}"
+
+
+def parse_range_reply(value: str | None) -> int:
+    """The offset a server's `Range: bytes=0-N` reply acknowledges (0 when absent).
+
+    Raises:
+        BadRequest: `invalid_range` when the header is not `bytes=0-N`.
+    """
+    if value is None:
+        return 0
+    match = re.fullmatch(rf"bytes=0-{_DIGITS}", value.strip()) if value.isascii() else None
+    if match is None:
+        raise BadRequest("invalid_range", f"Range {value!r} is not 'bytes=0-N'")
+    return int(match.group(1)) + 1
+
+
+def validate_id(upload_id: str) -> str:
+    """Return `upload_id` if it is 1-64 of `[A-Za-z0-9_-]`.
+
+    Raises:
+        BadRequest: `invalid_id` otherwise (this also stops path traversal).
+    """
+    if not _ID.fullmatch(upload_id):
+        raise BadRequest("invalid_id", "upload id must be 1-64 characters of [A-Za-z0-9_-]")
+    return upload_id
+
+
+class Phase(enum.Enum):
+    EMPTY = "empty"
+    PARTIAL = "partial"
+    COMPLETE = "complete"
+
+
+@dataclass(frozen=True, slots=True)
+class UploadState:
+    """How far an upload is: `offset` bytes stored, `total` when known."""
+
+    offset: int = 0
+    total: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.offset < 0 or (self.total is not None and not 0 <= self.offset <= self.total):
+            raise ValueError(f"impossible upload state {self.offset}/{self.total}")
+
+    @property
+    def phase(self) -> Phase:
+        if self.total is not None and self.offset == self.total:
+            return Phase.COMPLETE
+        return Phase.PARTIAL if self.offset else Phase.EMPTY
+
+    @property
+    def complete(self) -> bool:
+        return self.phase is Phase.COMPLETE
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkPlan:
+    """What to do with a chunk's body: skip `skip` bytes already stored, write the rest."""
+
+    skip: int
+    write: int
+    total: int | None
+
+    def after(self, state: UploadState) -> UploadState:
+        """The state once the planned bytes are durably written."""
+        return UploadState(state.offset + self.write, self.total)
+
+
+def check_total(state: UploadState, total: int | None) -> int | None:
+    """The upload's total once `total` is declared (None keeps what is known).
+
+    Raises:
+        Conflict: `total_mismatch` if it differs from a known total, or is below the offset.
+    """
+    if total is None:
+        return state.total
+    if state.total is not None and state.total != total:
+        raise Conflict("total_mismatch", f"upload total is {state.total}, not {total}")
+    if state.offset > total:
+        raise Conflict("total_mismatch", f"{state.offset} bytes are stored, more than {total}")
+    return total
+
+
+def plan_chunk(state: UploadState, rng: ChunkRange) -> ChunkPlan:
+    """Decide how a chunk applies to an upload in `state`.
+
+    Raises:
+        Conflict: `total_mismatch` (see `check_total`), `offset_gap` when the chunk starts
+            past the stored offset.
+        RangeNotSatisfiable: `range_past_total` when the chunk ends past a known total.
+    """
+    total = check_total(state, rng.total)
+    if total is not None and rng.end >= total:
+        raise RangeNotSatisfiable("range_past_total", f"range end {rng.end} >= total {total}")
+    if rng.start > state.offset:
+        raise Conflict(
+            "offset_gap", f"chunk starts at {rng.start} but only {state.offset} bytes are stored"
+        )
+    skip = min(state.offset - rng.start, rng.length)
+    return ChunkPlan(skip=skip, write=rng.length - skip, total=total)
