@@ -1,7 +1,7 @@
 """The one error hierarchy of `transfer`.
 
     TransferError                      root: everything this package raises on purpose
-    ├── ProtocolError                  a request the server refuses; carries HTTP status + stable code
+    ├── ProtocolError                  a refused request: carries HTTP status + stable code
     │   ├── BadRequest (400)           malformed headers, bodies, ids
     │   ├── DigestMismatch (400)       a chunk or a whole file did not match its declared digest
     │   ├── NotFound (404)

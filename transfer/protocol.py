@@ -70,7 +70,8 @@ def parse_content_range(value: str) -> ContentRange:
     if match is None:
         raise BadRequest(
             "invalid_content_range",
-            f"Content-Range {value!r} is not 'bytes S-E/T', 'bytes S-E/*', 'bytes */T' or 'bytes */*'",
+            f"Content-Range {value!r} is not one of 'bytes S-E/T', 'bytes S-E/*', "
+            "'bytes */T', 'bytes */*'",
         )
     start, end, total = int(match.group(1)), int(match.group(2)), _total(match.group(3))
     if end < start:
