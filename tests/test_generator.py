@@ -1,0 +1,250 @@
+"""The seeded int16 generator: bounds, encoding, reproducibility, pacing. Never sleeps."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import struct
+from array import array
+from dataclasses import dataclass, field
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from transfer.errors import ConfigError
+from transfer.generator import FileSpec, GeneratorConfig, content_for, generate, spec_for
+
+seeds = st.integers(min_value=-(2**63), max_value=2**63)
+indices = st.integers(min_value=0, max_value=10_000)
+
+
+@st.composite
+def configs(draw: st.DrawFn) -> GeneratorConfig:
+    min_size = draw(st.integers(min_value=2, max_value=2**21))
+    max_size = draw(st.integers(min_value=min_size, max_value=2**21))
+    if min_size == max_size and min_size % 2:
+        max_size += 1  # otherwise no even size fits
+    intervals = st.floats(min_value=0, max_value=10, allow_nan=False)
+    min_interval = draw(intervals)
+    max_interval = draw(intervals.filter(lambda x: x >= min_interval))
+    return GeneratorConfig(
+        count=draw(st.integers(min_value=0, max_value=20)),
+        min_size=min_size,
+        max_size=max_size,
+        min_interval=min_interval,
+        max_interval=max_interval,
+    )
+
+
+@dataclass
+class FakeTime:
+    """A clock that only moves when `sleep` (or the test) moves it."""
+
+    now: float = 1000.0
+    delays: list[float] = field(default_factory=list)
+
+    async def sleep(self, delay: float) -> None:
+        self.delays.append(delay)
+        self.now += delay
+
+    def clock(self) -> float:
+        return self.now
+
+
+async def collect(
+    config: GeneratorConfig, seed: int, fake: FakeTime, start: int = 0
+) -> list[tuple[FileSpec, bytes]]:
+    return [
+        f async for f in generate(config, seed, start=start, sleep=fake.sleep, clock=fake.clock)
+    ]
+
+
+# --- bounds and encoding -------------------------------------------------------------
+
+
+@given(configs(), seeds, indices)
+def test_spec_sizes_even_and_intervals_within_bounds(
+    config: GeneratorConfig, seed: int, index: int
+) -> None:
+    spec = spec_for(config, seed, index)
+    assert spec.index == index
+    assert spec.size % 2 == 0
+    assert config.min_size <= spec.size <= config.max_size
+    assert config.min_interval <= spec.interval <= config.max_interval
+
+
+def test_defaults_match_the_brief() -> None:
+    config = GeneratorConfig()
+    assert (config.count, config.min_size, config.max_size) == (100, 1024, 1024 * 1024)
+    assert (config.min_interval, config.max_interval, config.max_duration) == (0.001, 1.0, None)
+
+
+def test_odd_bounds_round_inward() -> None:
+    config = GeneratorConfig(min_size=3, max_size=5)
+    assert {spec_for(config, 0, i).size for i in range(200)} == {4}
+
+
+@given(seeds, indices, st.integers(min_value=0, max_value=4096).map(lambda n: 2 * n))
+def test_content_is_size_bytes_of_little_endian_int16(seed: int, index: int, size: int) -> None:
+    data = content_for(seed, index, size)
+    assert len(data) == size
+    samples = array("h")
+    samples.frombytes(data)
+    assert len(samples) == size // 2
+    assert list(samples) == list(struct.unpack(f"={size // 2}h", data))
+    little = list(struct.unpack(f"<{size // 2}h", data))
+    assert all(-(2**15) <= s < 2**15 for s in little)
+    assert struct.pack(f"<{size // 2}h", *little) == data
+
+
+def test_content_of_a_mebibyte_is_not_degenerate() -> None:
+    data = content_for(7, 3, 1024 * 1024)
+    samples = array("h", data)
+    assert len(set(samples)) > 30_000  # random samples spread over the int16 range
+    assert min(samples) < -30_000 and max(samples) > 30_000
+
+
+@pytest.mark.parametrize("size", [-2, 1, 1023])
+def test_content_rejects_partial_samples(size: int) -> None:
+    with pytest.raises(ValueError, match="even"):
+        content_for(0, 0, size)
+
+
+# --- reproducibility -----------------------------------------------------------------
+
+
+@given(configs(), seeds, indices)
+def test_same_seed_same_files(config: GeneratorConfig, seed: int, index: int) -> None:
+    spec = spec_for(config, seed, index)
+    assert spec_for(config, seed, index) == spec
+    assert content_for(seed, index, 256) == content_for(seed, index, 256)
+
+
+@given(seeds, seeds, indices)
+def test_different_seed_different_files(seed: int, other: int, index: int) -> None:
+    if seed == other:
+        other += 1
+    config = GeneratorConfig()
+    assert spec_for(config, seed, index) != spec_for(config, other, index)
+    assert content_for(seed, index, 1024) != content_for(other, index, 1024)
+    assert content_for(seed, index, 1024) != content_for(seed, index + 1, 1024)
+
+
+def test_files_are_pinned_across_processes_and_versions() -> None:
+    # String seeds hash with SHA-512: these values hold in every process and platform, so
+    # a sender restarted (or upgraded) regenerates exactly the files it had journaled.
+    specs = [spec_for(GeneratorConfig(), 42, i) for i in range(3)]
+    assert [(s.index, s.size) for s in specs] == [(0, 104054), (1, 1002910), (2, 333054)]
+    assert [round(s.interval, 9) for s in specs] == [0.726177752, 0.1554086, 0.518639719]
+    digest = hashlib.sha256(content_for(42, 0, 1024)).hexdigest()
+    assert digest.startswith("43ddda98e8437c8f")
+
+
+@given(configs(), seeds, st.data())
+def test_restart_at_k_yields_the_same_files_as_a_full_run(
+    config: GeneratorConfig, seed: int, data: st.DataObject
+) -> None:
+    small = GeneratorConfig(
+        count=config.count,
+        min_size=2,
+        max_size=64,
+        min_interval=config.min_interval,
+        max_interval=config.max_interval,
+    )
+    start = data.draw(st.integers(min_value=0, max_value=small.count))
+    full = asyncio.run(collect(small, seed, FakeTime()))
+    restarted = asyncio.run(collect(small, seed, FakeTime(), start=start))
+    assert restarted == full[start:]
+
+
+# --- pacing --------------------------------------------------------------------------
+
+
+async def test_generate_yields_count_minus_start_files_sleeping_each_interval() -> None:
+    config = GeneratorConfig(count=10, min_size=2, max_size=4096)
+    fake = FakeTime()
+    files = await collect(config, 5, fake, start=3)
+    assert [spec.index for spec, _ in files] == list(range(3, 10))
+    assert fake.delays == [spec_for(config, 5, i).interval for i in range(3, 10)]
+    assert all(len(data) == spec.size for spec, data in files)
+    assert all(data == content_for(5, spec.index, spec.size) for spec, data in files)
+
+
+async def test_generate_yields_nothing_when_start_is_count() -> None:
+    fake = FakeTime()
+    assert await collect(GeneratorConfig(count=4), 1, fake, start=4) == []
+    assert fake.delays == []
+
+
+@pytest.mark.parametrize("start", [-1, 5])
+async def test_generate_rejects_start_outside_range(start: int) -> None:
+    with pytest.raises(ValueError, match="start"):
+        await collect(GeneratorConfig(count=4), 1, FakeTime(), start=start)
+
+
+async def test_max_duration_stops_before_the_deadline() -> None:
+    config = GeneratorConfig(count=100, min_size=2, max_size=2, max_duration=5.0)
+    fake = FakeTime()
+    files = await collect(config, 9, fake)
+    intervals = [spec_for(config, 9, i).interval for i in range(100)]
+    elapsed = [sum(intervals[: i + 1]) for i in range(100)]
+    expected = sum(1 for t in elapsed if t < 5.0)
+    assert 0 < expected < 100
+    assert len(files) == expected
+    assert fake.delays == intervals[:expected]  # the wait past the deadline is skipped
+    assert fake.now - 1000.0 < 5.0
+
+
+async def test_max_duration_counts_consumer_time() -> None:
+    config = GeneratorConfig(count=10, min_size=2, max_size=2, max_duration=3.0)
+    fake = FakeTime()
+    seen = []
+    async for spec, _ in generate(config, 0, sleep=fake.sleep, clock=fake.clock):
+        seen.append(spec.index)
+        fake.now += 2.0  # the consumer is slow
+    assert seen == [0]
+
+
+async def test_overshooting_sleep_never_yields_after_the_deadline() -> None:
+    config = GeneratorConfig(count=10, min_size=2, max_size=2, max_duration=0.5)
+    fake = FakeTime()
+
+    async def late_sleep(delay: float) -> None:
+        fake.now += delay + 1.0  # the event loop woke us far too late
+
+    files = [f async for f in generate(config, 0, sleep=late_sleep, clock=fake.clock)]
+    assert files == []
+
+
+async def test_zero_max_duration_yields_nothing() -> None:
+    fake = FakeTime()
+    config = GeneratorConfig(count=3, min_interval=0.0, max_interval=0.0, max_duration=0.0)
+    assert await collect(config, 0, fake) == []
+
+
+# --- validation ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"count": -1},
+        {"min_size": 1},
+        {"min_size": 0, "max_size": 0},
+        {"min_size": 10, "max_size": 8},
+        {"min_size": 3, "max_size": 3},
+        {"min_interval": -0.1},
+        {"min_interval": 2.0, "max_interval": 1.0},
+        {"min_interval": math.nan},
+        {"max_interval": math.nan},
+        {"max_interval": math.inf},
+        {"max_duration": -1.0},
+        {"max_duration": math.nan},
+    ],
+)
+def test_invalid_configs_raise_config_error(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ConfigError) as info:
+        GeneratorConfig(**kwargs)  # type: ignore[arg-type]
+    assert "\n" not in str(info.value)
