@@ -9,6 +9,8 @@
     │   ├── RequestTimeout (408)       a request body stalled longer than the idle timeout
     │   ├── PayloadTooLarge (413)
     │   ├── RangeNotSatisfiable (416)
+    │   ├── UnsupportedMediaType (415)
+    │   ├── StorageFailure (500)       the disk failed (EIO); nothing was acknowledged
     │   ├── ServiceUnavailable (503)   too many uploads at once (carries Retry-After)
     │   └── InsufficientStorage (507)  the disk is full; nothing was acknowledged
     ├── TransientError                 the only thing the sender retries
@@ -96,6 +98,11 @@ class RangeNotSatisfiable(ProtocolError):
 class UnsupportedMediaType(ProtocolError):
     status = 415
     title = "Unsupported Media Type"
+
+
+class StorageFailure(ProtocolError):
+    status = 500
+    title = "Storage Failure"
 
 
 class ServiceUnavailable(ProtocolError):

@@ -7,7 +7,7 @@ Content-Range forms a `PUT /uploads/{id}` may carry (GCS resumable-upload semant
     bytes */T     no body: declares the total (and finalizes if every byte is there)
     bytes */*     no body: asks how far the upload is
 
-Invariants kept by `plan_chunk` and `declare_total` (and checked by property tests):
+Invariants kept by `plan_chunk` and `check_total` (and checked by property tests):
 - the offset only ever moves forward, and never past a known total;
 - once a total is known it never changes;
 - a chunk that starts past the offset is refused (a gap), one that starts before it is
@@ -116,7 +116,10 @@ def parse_range_reply(value: str | None) -> int:
     match = re.fullmatch(rf"bytes=0-{_DIGITS}", value.strip()) if value.isascii() else None
     if match is None:
         raise BadRequest("invalid_range", f"Range {value!r} is not 'bytes=0-N'")
-    return int(match.group(1)) + 1
+    offset = int(match.group(1)) + 1
+    if offset > MAX_POSITION:
+        raise BadRequest("invalid_range", f"Range {value!r} acknowledges absurdly many bytes")
+    return offset
 
 
 def validate_id(upload_id: str) -> str:
@@ -203,3 +206,71 @@ def plan_chunk(state: UploadState, rng: ChunkRange) -> ChunkPlan:
         )
     skip = min(state.offset - rng.start, rng.length)
     return ChunkPlan(skip=skip, write=rng.length - skip, total=total)
+
+
+@dataclass(frozen=True, slots=True)
+class Creation:
+    """A validated `POST /uploads` body (plus `X-Upload-Content-Length`)."""
+
+    upload_id: str | None
+    name: str | None
+    size: int | None
+    metadata: dict[str, str]
+
+
+_CREATION_KEYS = frozenset({"id", "name", "size", "metadata"})
+MAX_NAME = 1024
+MAX_METADATA = 64
+
+
+def parse_creation(doc: object, header_length: str | None) -> Creation:
+    """Validate a creation request. Unknown top-level keys (GCS object fields such as
+    `contentType`) are ignored; known ones must have the right type.
+
+    Raises:
+        BadRequest: `invalid_body` for a wrong shape, `invalid_id`, `size_mismatch`.
+    """
+    if not isinstance(doc, dict):
+        raise BadRequest("invalid_body", "the body must be a JSON object")
+    upload_id = doc.get("id")
+    if upload_id is not None:
+        validate_id(_typed(upload_id, str, "id"))
+    name = doc.get("name")
+    if name is not None and (not isinstance(name, str) or not 0 < len(name) <= MAX_NAME):
+        raise BadRequest("invalid_body", f"name must be a string of 1-{MAX_NAME} characters")
+    size = _size(doc.get("size"), header_length)
+    return Creation(upload_id, name, size, _metadata(doc.get("metadata")))
+
+
+def _typed(value: object, kind: type[str], what: str) -> str:
+    if not isinstance(value, kind):
+        raise BadRequest("invalid_body", f"{what} must be a string")
+    return value
+
+
+def _size(value: object, header: str | None) -> int | None:
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_POSITION
+    ):
+        raise BadRequest("invalid_body", "size must be a non-negative integer")
+    if header is None:
+        return value
+    if not (header.isascii() and header.isdigit()) or int(header) > MAX_POSITION:
+        raise BadRequest("invalid_body", "X-Upload-Content-Length must be a non-negative integer")
+    if value is not None and value != int(header):
+        raise BadRequest("size_mismatch", "size and X-Upload-Content-Length differ")
+    return int(header)
+
+
+def _metadata(value: object) -> dict[str, str]:
+    if value is None:
+        return {}
+    if (
+        not isinstance(value, dict)
+        or len(value) > MAX_METADATA
+        or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+    ):
+        raise BadRequest(
+            "invalid_body", f"metadata must be an object of at most {MAX_METADATA} strings"
+        )
+    return dict(value)

@@ -8,7 +8,9 @@ Durations: a bare number is seconds; `us ms s m h` suffixes.
 
 from __future__ import annotations
 
+import math
 import re
+from fractions import Fraction
 
 from transfer.errors import ConfigError
 
@@ -38,8 +40,12 @@ def parse_size(text: str) -> int:
     factor = _SIZE_UNITS.get(unit.lower())
     if factor is None:
         raise ConfigError(f"unknown size unit in {text!r} (use B, KiB, MiB, GiB, kB, MB, GB)")
-    value = number * factor
-    if value != int(value):
+    try:
+        # Exact decimal arithmetic: as floats, 1.001kB was "not whole" and big sizes rounded.
+        value = Fraction(number) * factor
+    except ValueError as exc:  # more digits than int() will convert
+        raise ConfigError(f"size {text!r} is absurdly large") from exc
+    if value.denominator != 1:
         raise ConfigError(f"size {text!r} is not a whole number of bytes")
     return int(value)
 
@@ -50,14 +56,17 @@ def parse_duration(text: str) -> float:
     factor = _DURATION_UNITS.get(unit)
     if factor is None:
         raise ConfigError(f"unknown duration unit in {text!r} (use us, ms, s, m, h)")
-    return number * factor
+    seconds = float(number) * factor
+    if not math.isfinite(seconds):
+        raise ConfigError(f"duration {text!r} is absurdly large")
+    return seconds
 
 
-def _split(text: str, what: str) -> tuple[float, str]:
+def _split(text: str, what: str) -> tuple[str, str]:
     match = _NUMBER.fullmatch(text.strip()) if text.isascii() else None
     if match is None:
         raise ConfigError(f"{what} {text!r} is not a number with an optional unit")
-    return float(match.group(1)), match.group(2)
+    return match.group(1), match.group(2)
 
 
 def format_size(size: float) -> str:

@@ -1,0 +1,5 @@
+"""`python -m transfer` is the `transfer` command."""
+
+from transfer.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,85 @@
+"""A few Prometheus metrics rendered in the text exposition format, no dependency.
+
+Invariants: counters only go up; label sets are small and fixed by the code (never
+derived from client input such as ids), so cardinality stays bounded.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+Labels = tuple[tuple[str, str], ...]
+
+_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    """Counters, gauges and histograms, each with a help text."""
+
+    def __init__(self) -> None:
+        self._help: dict[str, tuple[str, str]] = {}
+        self._values: dict[str, dict[Labels, float]] = defaultdict(dict)
+        self._hist: dict[str, dict[Labels, list[float]]] = defaultdict(dict)
+
+    def describe(self, name: str, kind: str, text: str) -> None:
+        self._help[name] = (kind, text)
+
+    def inc(self, name: str, amount: float = 1.0, **labels: str) -> None:
+        key = _key(labels)
+        series = self._values[name]
+        series[key] = series.get(key, 0.0) + amount
+
+    def set(self, name: str, value: float, **labels: str) -> None:
+        self._values[name][_key(labels)] = value
+
+    def get(self, name: str, **labels: str) -> float:
+        return self._values[name].get(_key(labels), 0.0)
+
+    def observe(self, name: str, value: float, **labels: str) -> None:
+        counts = self._hist[name].setdefault(_key(labels), [0.0] * (len(_BUCKETS) + 2))
+        for i, bound in enumerate(_BUCKETS):
+            if value <= bound:
+                counts[i] += 1
+        counts[-2] += 1  # +Inf bucket == count
+        counts[-1] += value  # sum
+
+    def render(self) -> str:
+        lines: list[str] = []
+        for name in sorted(self._help.keys() | self._values.keys() | self._hist.keys()):
+            kind, text = self._help.get(name, ("untyped", name))
+            lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
+            for labels, value in sorted(self._values.get(name, {}).items()):
+                lines.append(f"{name}{_fmt(labels)} {_num(value)}")
+            for labels, counts in sorted(self._hist.get(name, {}).items()):
+                lines += _histogram_lines(name, labels, counts)
+        return "\n".join(lines) + "\n"
+
+
+def _histogram_lines(name: str, labels: Labels, counts: list[float]) -> list[str]:
+    lines = [
+        f"{name}_bucket{_fmt((*labels, ('le', str(bound))))} {_num(counts[i])}"
+        for i, bound in enumerate(_BUCKETS)
+    ]
+    lines.append(f"{name}_bucket{_fmt((*labels, ('le', '+Inf')))} {_num(counts[-2])}")
+    lines.append(f"{name}_count{_fmt(labels)} {_num(counts[-2])}")
+    lines.append(f"{name}_sum{_fmt(labels)} {counts[-1]!r}")
+    return lines
+
+
+def _key(labels: dict[str, str]) -> Labels:
+    return tuple(sorted(labels.items()))
+
+
+def _fmt(labels: Labels) -> str:
+    if not labels:
+        return ""
+    inner = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
+    return "{" + inner + "}"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if value == int(value) else repr(value)

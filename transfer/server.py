@@ -1,0 +1,448 @@
+"""The aiohttp shell over the protocol core and the upload store.
+
+Handlers translate HTTP to and from `transfer.protocol` values and `UploadStore` calls;
+they never touch the disk themselves. `docs/protocol.md` is the contract.
+
+Invariants:
+- Every request on one upload id runs under that id's lock, so two PUTs never
+  interleave bytes and the cached state is never read half-updated.
+- A 308 or 200 is sent only after the store returned, i.e. after the bytes are fsynced.
+- Every refusal is `application/problem+json` with a stable `code`; errors on
+  `PUT /uploads/{id}` also carry the upload's current `Range`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import structlog
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+
+from transfer import integrity, protocol
+from transfer.errors import (
+    BadRequest,
+    Conflict,
+    DigestMismatch,
+    NotFound,
+    PayloadTooLarge,
+    ProtocolError,
+    RequestTimeout,
+    ServiceUnavailable,
+)
+from transfer.locks import KeyedLocks
+from transfer.metrics import Metrics
+from transfer.storage import UploadInfo, UploadSpec, UploadStore
+
+log = structlog.get_logger("transfer.server")
+
+MiB = 1024 * 1024
+PROBLEM = "application/problem+json"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Limits, each a `transfer serve` flag."""
+
+    max_chunk: int = 64 * MiB
+    max_upload: int = 64 * 1024 * MiB
+    idle_timeout: float = 30.0
+    max_active: int = 64
+    retry_after: int = 1
+
+
+@dataclass(slots=True)
+class ServerState:
+    store: UploadStore
+    config: ServerConfig
+    metrics: Metrics = field(default_factory=Metrics)
+    locks: KeyedLocks = field(default_factory=KeyedLocks)
+    active: int = 0
+
+
+STATE = web.AppKey("state", ServerState)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def make_app(store: UploadStore, config: ServerConfig | None = None) -> web.Application:
+    state = ServerState(store, config or ServerConfig())
+    _describe_metrics(state.metrics)
+    app = web.Application(middlewares=[_problems], client_max_size=MiB)
+    app[STATE] = state
+    app.router.add_post("/uploads", create_upload)
+    app.router.add_put("/uploads/{upload_id}", put_chunk)
+    app.router.add_route("HEAD", "/uploads/{upload_id}", head_upload)
+    app.router.add_get("/uploads/{upload_id}", get_upload, allow_head=False)
+    app.router.add_delete("/uploads/{upload_id}", delete_upload)
+    app.router.add_get("/files/{upload_id}", get_file)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+def _describe_metrics(m: Metrics) -> None:
+    m.describe("transfer_uploads_active", "gauge", "PUT requests receiving a body now")
+    m.describe("transfer_bytes_received_total", "counter", "Chunk bytes written and fsynced")
+    m.describe("transfer_uploads_completed_total", "counter", "Uploads verified and published")
+    m.describe("transfer_digest_mismatches_total", "counter", "Chunks or files refused")
+    m.describe("transfer_request_duration_seconds", "histogram", "Request durations")
+
+
+@web.middleware
+async def _problems(request: web.Request, handler: Handler) -> web.StreamResponse:
+    state = request.app[STATE]
+    started = time.perf_counter()
+    try:
+        return await handler(request)
+    except ProtocolError as exc:
+        _count_mismatch(state, exc)
+        return problem_response(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = exc.reason.lower().replace(" ", "_")
+        return problem_response(_Generic(exc.status, exc.reason, code, exc.text or exc.reason))
+    finally:
+        route = request.match_info.route.resource
+        name = route.canonical if route is not None else "unmatched"
+        state.metrics.observe(
+            "transfer_request_duration_seconds",
+            time.perf_counter() - started,
+            method=request.method,
+            route=name,
+        )
+
+
+class _Generic(ProtocolError):
+    def __init__(self, status: int, title: str, code: str, detail: str) -> None:
+        super().__init__(code, detail)
+        self.status, self.title = status, title
+
+
+def _count_mismatch(state: ServerState, exc: ProtocolError) -> None:
+    if isinstance(exc, DigestMismatch):
+        kind = "file" if exc.code.startswith("repr") else "chunk"
+        state.metrics.inc("transfer_digest_mismatches_total", kind=kind)
+        log.warning("digest.mismatch", kind=kind, code=exc.code, detail=exc.detail)
+
+
+def problem_response(exc: ProtocolError) -> web.Response:
+    return web.Response(
+        status=exc.status,
+        text=json.dumps(exc.problem()),
+        content_type=PROBLEM,
+        headers=exc.headers,
+    )
+
+
+def _upload_id(request: web.Request) -> str:
+    upload_id = protocol.validate_id(request.match_info["upload_id"])
+    request["upload_id"] = upload_id
+    return upload_id
+
+
+def _location(request: web.Request, upload_id: str) -> str:
+    return str(request.url.with_path(f"/uploads/{upload_id}").with_query(None))
+
+
+async def create_upload(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    creation = protocol.parse_creation(
+        await _json_body(request), request.headers.get("X-Upload-Content-Length")
+    )
+    if creation.size is not None and creation.size > state.config.max_upload:
+        raise PayloadTooLarge(
+            "upload_too_large", f"uploads are limited to {state.config.max_upload} bytes"
+        )
+    upload_id = creation.upload_id or secrets.token_urlsafe(16)
+    request["upload_id"] = upload_id
+    spec = UploadSpec(
+        upload_id, creation.name, creation.size, creation.metadata, _repr_digest(request)
+    )
+    async with state.locks.hold(upload_id):
+        existed = await state.store.get(upload_id) is not None
+        info = await state.store.create(spec)
+    if not existed:
+        log.info("upload.created", upload_id=upload_id, size=creation.size, name=creation.name)
+    return web.json_response(_describe(info), headers={"Location": _location(request, upload_id)})
+
+
+async def _json_body(request: web.Request) -> object:
+    raw = await request.read()
+    if not raw:
+        return {}
+    if request.content_type not in ("application/json", "application/octet-stream", ""):
+        raise BadRequest("invalid_body", "the body must be JSON (application/json)")
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequest("invalid_body", f"the body is not valid JSON: {exc}") from exc
+
+
+def _repr_digest(request: web.Request) -> dict[str, bytes]:
+    value = request.headers.get("Repr-Digest")
+    return integrity.parse_digest_field(value) if value is not None else {}
+
+
+def _content_digest(request: web.Request) -> dict[str, bytes]:
+    value = request.headers.get("Content-Digest")
+    return integrity.parse_digest_field(value) if value is not None else {}
+
+
+def _content_range(request: web.Request) -> protocol.ContentRange:
+    value = request.headers.get("Content-Range")
+    if value is not None:
+        return protocol.parse_content_range(value)
+    # A plain `curl -T file` PUT: the body is the whole file.
+    length = request.content_length
+    if length is None:
+        raise BadRequest("missing_content_range", "PUT needs Content-Range or Content-Length")
+    if length == 0:
+        return protocol.TotalOnly(0)
+    return protocol.ChunkRange(0, length - 1, length)
+
+
+async def put_chunk(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    upload_id = _upload_id(request)
+    rng = _content_range(request)
+    content_digest, repr_digest = _content_digest(request), _repr_digest(request)
+    _check_limits(state.config, request, rng)
+    async with state.locks.hold(upload_id):
+        info = await state.store.get(upload_id)
+        if info is None:
+            info = await _create_from_put(state, upload_id, rng)
+        if info.record is not None:
+            return _completed(info)
+        try:
+            if repr_digest:
+                info = await state.store.declare(upload_id, size=None, repr_digest=repr_digest)
+            info = await _apply(state, request, info, rng, content_digest)
+        except ProtocolError as exc:
+            current = await state.store.get(upload_id)
+            exc.headers.update(_range_headers(current.state.offset if current else 0))
+            raise
+    return _completed(info) if info.record is not None else _incomplete(info)
+
+
+def _check_limits(config: ServerConfig, request: web.Request, rng: protocol.ContentRange) -> None:
+    if rng.total is not None and rng.total > config.max_upload:
+        raise PayloadTooLarge(
+            "upload_too_large", f"uploads are limited to {config.max_upload} bytes"
+        )
+    if isinstance(rng, protocol.TotalOnly):
+        if request.content_length not in (None, 0):
+            raise BadRequest(
+                "unexpected_body", f"'{protocol.format_content_range(rng)}' takes no body"
+            )
+        return
+    if rng.length > config.max_chunk:
+        raise PayloadTooLarge("chunk_too_large", f"chunks are limited to {config.max_chunk} bytes")
+    if request.content_length is not None and request.content_length != rng.length:
+        raise BadRequest(
+            "length_mismatch",
+            f"Content-Length {request.content_length} differs from the range's {rng.length}",
+        )
+
+
+async def _create_from_put(
+    state: ServerState, upload_id: str, rng: protocol.ContentRange
+) -> UploadInfo:
+    info = await state.store.create(UploadSpec(upload_id, size=rng.total))
+    log.info("upload.created", upload_id=upload_id, size=rng.total, via="put")
+    return info
+
+
+async def _apply(
+    state: ServerState,
+    request: web.Request,
+    info: UploadInfo,
+    rng: protocol.ContentRange,
+    content_digest: dict[str, bytes],
+) -> UploadInfo:
+    upload_id = info.spec.upload_id
+    if isinstance(rng, protocol.TotalOnly):
+        total = protocol.check_total(info.state, rng.total)
+        info = await state.store.declare(upload_id, size=total, repr_digest={})
+    else:
+        plan = protocol.plan_chunk(info.state, rng)
+        info = await _receive(state, request, upload_id, plan, content_digest)
+    if info.state.complete:
+        info = await _finalize(state, upload_id)
+    return info
+
+
+async def _receive(
+    state: ServerState,
+    request: web.Request,
+    upload_id: str,
+    plan: protocol.ChunkPlan,
+    content_digest: dict[str, bytes],
+) -> UploadInfo:
+    if state.active >= state.config.max_active:
+        raise ServiceUnavailable(
+            "too_many_uploads",
+            f"{state.active} uploads are in progress; try again shortly",
+            headers={"Retry-After": str(state.config.retry_after)},
+        )
+    state.active += 1
+    state.metrics.set("transfer_uploads_active", state.active)
+    before = (await state.store.get(upload_id) or _missing(upload_id)).state.offset
+    try:
+        body = _body(request, state.config.idle_timeout)
+        info = await state.store.write_chunk(upload_id, plan, body, content_digest)
+    finally:
+        state.active -= 1
+        state.metrics.set("transfer_uploads_active", state.active)
+        after = await state.store.get(upload_id)
+        written = (after.state.offset if after else before) - before
+        request["bytes"] = written
+        state.metrics.inc("transfer_bytes_received_total", written)
+    return info
+
+
+def _missing(upload_id: str) -> UploadInfo:
+    raise NotFound("upload_not_found", f"no upload {upload_id}")
+
+
+async def _body(request: web.Request, idle: float) -> AsyncIterator[bytes]:
+    """The request body, each read bounded by the idle timeout."""
+    while True:
+        try:
+            async with asyncio.timeout(idle):
+                data = await request.content.readany()
+        except TimeoutError as exc:
+            log.warning("upload.stalled", upload_id=request.get("upload_id"), idle=idle)
+            raise RequestTimeout("body_stalled", f"no body bytes for {idle} s") from exc
+        if not data:
+            return
+        yield data
+
+
+async def _finalize(state: ServerState, upload_id: str) -> UploadInfo:
+    try:
+        info = await state.store.finalize(upload_id)
+    except DigestMismatch:
+        log.warning("upload.reset", upload_id=upload_id, reason="repr_digest_mismatch")
+        raise
+    state.metrics.inc("transfer_uploads_completed_total")
+    record = info.record
+    assert record is not None  # finalize returns a record or raises
+    log.info(
+        "upload.completed",
+        upload_id=upload_id,
+        size=record.size,
+        digest=integrity.to_hex(record.digests).get(integrity.PREFERRED),
+    )
+    return info
+
+
+def _range_headers(offset: int) -> dict[str, str]:
+    value = protocol.format_range(offset)
+    return {"Range": value} if value else {}
+
+
+def _incomplete(info: UploadInfo) -> web.Response:
+    headers = _range_headers(info.state.offset)
+    headers["Cache-Control"] = "no-store"
+    return web.json_response(_describe(info), status=308, headers=headers)
+
+
+def _completed(info: UploadInfo) -> web.Response:
+    record = info.record
+    assert record is not None
+    return web.json_response(
+        record.to_json(),
+        headers={"Repr-Digest": integrity.format_digest_field(record.digests)},
+    )
+
+
+def _describe(info: UploadInfo) -> dict[str, object]:
+    if info.record is not None:
+        return {**info.record.to_json(), "complete": True}
+    return {
+        "id": info.spec.upload_id,
+        "name": info.spec.name,
+        "size": info.spec.size,
+        "metadata": dict(info.spec.metadata),
+        "offset": info.state.offset,
+        "complete": False,
+    }
+
+
+async def _known(request: web.Request) -> UploadInfo:
+    upload_id = _upload_id(request)
+    info = await request.app[STATE].store.get(upload_id)
+    if info is None:
+        raise NotFound("upload_not_found", f"no upload {upload_id}")
+    return info
+
+
+async def head_upload(request: web.Request) -> web.Response:
+    info = await _known(request)
+    headers = {
+        "Upload-Offset": str(info.state.offset),
+        "Upload-Complete": "?1" if info.record else "?0",
+        "Cache-Control": "no-store",
+    }
+    if info.state.total is not None:
+        headers["Upload-Length"] = str(info.state.total)
+    if info.record is not None:
+        headers["Repr-Digest"] = integrity.format_digest_field(info.record.digests)
+    return web.Response(status=200, headers=headers)
+
+
+async def get_upload(request: web.Request) -> web.Response:
+    info = await _known(request)
+    if info.record is not None:
+        return _completed(info)
+    return web.json_response(_describe(info), headers={"Cache-Control": "no-store"})
+
+
+async def delete_upload(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    upload_id = _upload_id(request)
+    async with state.locks.hold(upload_id):
+        info = await _known(request)
+        if info.record is not None:
+            raise Conflict("upload_complete", "a completed upload cannot be aborted")
+        await state.store.delete(upload_id)
+    log.info("upload.deleted", upload_id=upload_id, offset=info.state.offset)
+    return web.Response(status=204)
+
+
+async def get_file(request: web.Request) -> web.StreamResponse:
+    upload_id = _upload_id(request)
+    path = request.app[STATE].store.file_path(upload_id)
+    if not path.is_file():
+        raise NotFound("file_not_found", f"no completed file {upload_id}")
+    return web.FileResponse(path, headers={"Content-Type": "application/octet-stream"})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    text = request.app[STATE].metrics.render()
+    return web.Response(text=text, content_type="text/plain", headers={"X-Format": "0.0.4"})
+
+
+class AccessLogger(AbstractAccessLogger):
+    """aiohttp's access log, as one structured line per request."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        structlog.get_logger("transfer.access").info(
+            "request",
+            method=request.method,
+            path=request.path,
+            status=response.status,
+            upload_id=request.get("upload_id"),
+            bytes=request.get("bytes", 0),
+            duration_ms=round(time * 1000, 3),
+        )

@@ -1,0 +1,455 @@
+"""Partial uploads and published files on the server's disk.
+
+Layout under DATA_DIR:
+
+    uploads/{id}.json   the upload's parameters; on completion also its record (digests)
+    uploads/{id}.part   the bytes received so far: its length IS the upload's offset
+    files/{id}          published files, complete and verified; nothing partial ever lands here
+
+Invariants:
+- The offset is the `.part` file's length on disk, read at first use; afterwards this
+  process is its only writer, so the cached number always equals the disk.
+- Bytes are fsynced before `write_chunk` returns, so everything acknowledged survives
+  a crash. A chunk that fails (digest mismatch, full disk, EIO, wrong length) is cut back
+  to the old offset before anyone sees a larger one. Only when the *body* broke off (idle
+  timeout, disconnect) and the chunk carried no `Content-Digest` are the bytes received
+  kept, fsynced: they are valid bytes at their offsets, and the whole-file digest still
+  guards them. A crash mid-chunk may leave unacknowledged bytes; they count as stored.
+- Publication: the `.json` is rewritten with `complete: true` (atomically) before the
+  `.part` is renamed into `files/`; recovery finishes a rename that a crash interrupted.
+  So `files/{id}` exists only for verified uploads whose record is durable.
+- Blocking writes go to the page cache on the event loop (cheap); fsync and whole-file
+  hashing run in a thread so they never stall other requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import os
+from collections.abc import AsyncIterable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+from transfer import integrity
+from transfer.errors import (
+    BadRequest,
+    Conflict,
+    DigestMismatch,
+    InsufficientStorage,
+    StorageFailure,
+)
+from transfer.fsutil import fsync_dir, remove_tmp_files, write_all, write_atomic
+from transfer.integrity import Digests, MultiHasher
+from transfer.protocol import ChunkPlan, UploadState
+
+_HASH_BLOCK = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class UploadSpec:
+    """What a client declared about an upload."""
+
+    upload_id: str
+    name: str | None = None
+    size: int | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    repr_digest: Digests = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class FileRecord:
+    """A completed, verified file: what every completion answer returns."""
+
+    upload_id: str
+    name: str | None
+    size: int
+    metadata: Mapping[str, str]
+    digests: Digests
+
+    def to_json(self) -> dict[str, object]:
+        body: dict[str, object] = {
+            "id": self.upload_id,
+            "name": self.name,
+            "size": self.size,
+            "metadata": dict(self.metadata),
+            "digests": integrity.to_hex(
+                {k: v for k, v in self.digests.items() if k in integrity.ALGORITHMS}
+            ),
+        }
+        if "md5" in self.digests:
+            body["md5Hash"] = integrity.md5_base64(self.digests["md5"])
+        return body
+
+
+@dataclass(frozen=True, slots=True)
+class UploadInfo:
+    spec: UploadSpec
+    state: UploadState
+    record: FileRecord | None = None
+
+
+class UploadStore(Protocol):
+    """The seam between the HTTP layer and the disk. Callers serialize per upload id."""
+
+    async def get(self, upload_id: str) -> UploadInfo | None: ...
+    async def create(self, spec: UploadSpec) -> UploadInfo: ...
+    async def declare(
+        self, upload_id: str, *, size: int | None, repr_digest: Digests
+    ) -> UploadInfo: ...
+    async def write_chunk(
+        self,
+        upload_id: str,
+        plan: ChunkPlan,
+        body: AsyncIterable[bytes],
+        content_digest: Digests,
+    ) -> UploadInfo: ...
+    async def finalize(self, upload_id: str) -> UploadInfo: ...
+    async def delete(self, upload_id: str) -> None: ...
+    def file_path(self, upload_id: str) -> Path: ...
+
+
+class _Running:
+    """A whole-file hash fed as bytes are written, valid while `position` == offset."""
+
+    def __init__(self, algorithms: list[str]) -> None:
+        self.algorithms = algorithms
+        self.hasher = MultiHasher(algorithms)
+        self.position = 0
+
+
+class FileStore:
+    """`UploadStore` on a local file system (see the module docstring for the layout)."""
+
+    def __init__(self, data_dir: Path, *, durable: bool = True) -> None:
+        self.uploads_dir = data_dir / "uploads"
+        self.files_dir = data_dir / "files"
+        self._durable = durable
+        self._cache: dict[str, UploadInfo] = {}
+        self._running: dict[str, _Running] = {}
+
+    def open(self) -> list[str]:
+        """Create the layout and finish interrupted publications; returns ids recovered."""
+        for directory in (self.uploads_dir, self.files_dir):
+            directory.mkdir(parents=True, exist_ok=True)
+            remove_tmp_files(directory)
+        recovered = []
+        for meta in sorted(self.uploads_dir.glob("*.json")):
+            doc = json.loads(meta.read_bytes())
+            part = meta.with_suffix(".part")
+            if doc.get("complete") and part.exists():
+                os.replace(part, self.files_dir / doc["id"])
+                recovered.append(doc["id"])
+        if recovered:
+            self._sync_dirs()
+        return recovered
+
+    def file_path(self, upload_id: str) -> Path:
+        return self.files_dir / upload_id
+
+    def _meta(self, upload_id: str) -> Path:
+        return self.uploads_dir / f"{upload_id}.json"
+
+    def _part(self, upload_id: str) -> Path:
+        return self.uploads_dir / f"{upload_id}.part"
+
+    async def get(self, upload_id: str) -> UploadInfo | None:
+        if upload_id in self._cache:
+            return self._cache[upload_id]
+        try:
+            doc = json.loads(self._meta(upload_id).read_bytes())
+        except FileNotFoundError:
+            return None
+        info = self._load(doc)
+        self._cache[upload_id] = info
+        return info
+
+    def _load(self, doc: dict[str, Any]) -> UploadInfo:
+        spec = _spec_from_json(doc)
+        if doc.get("complete"):
+            record = _record_from_json(doc)
+            return UploadInfo(spec, UploadState(record.size, record.size), record)
+        offset = self._part(spec.upload_id).stat().st_size
+        return UploadInfo(spec, UploadState(offset, spec.size))
+
+    async def create(self, spec: UploadSpec) -> UploadInfo:
+        existing = await self.get(spec.upload_id)
+        if existing is not None:
+            _check_same(existing.spec, spec)
+            return await self.declare(spec.upload_id, size=spec.size, repr_digest=spec.repr_digest)
+        self._save_spec(spec)
+        fd = os.open(self._part(spec.upload_id), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.close(fd)
+        await self._sync_dir_async()
+        info = UploadInfo(spec, UploadState(0, spec.size))
+        self._cache[spec.upload_id] = info
+        self._start_running(info)
+        return info
+
+    async def declare(
+        self, upload_id: str, *, size: int | None, repr_digest: Digests
+    ) -> UploadInfo:
+        """Record a total or a whole-file digest learned after creation."""
+        info = await self._require(upload_id)
+        spec = info.spec
+        new_size = size if size is not None else spec.size
+        new_digest = dict(repr_digest) if repr_digest else dict(spec.repr_digest)
+        if new_size == spec.size and new_digest == dict(spec.repr_digest):
+            return info
+        spec = replace(spec, size=new_size, repr_digest=new_digest)
+        if info.record is None:
+            await asyncio.to_thread(self._save_spec, spec)
+        info = replace(info, spec=spec, state=UploadState(info.state.offset, new_size))
+        self._cache[upload_id] = info
+        return info
+
+    async def _require(self, upload_id: str) -> UploadInfo:
+        info = await self.get(upload_id)
+        if info is None:
+            raise KeyError(upload_id)
+        return info
+
+    def _save_spec(self, spec: UploadSpec, record: FileRecord | None = None) -> None:
+        doc = _spec_to_json(spec)
+        if record is not None:
+            doc.update(complete=True, size=record.size, digests=integrity.to_hex(record.digests))
+        write_atomic(self._meta(spec.upload_id), json.dumps(doc).encode())
+
+    def _start_running(self, info: UploadInfo) -> None:
+        algorithms = sorted({integrity.PREFERRED, *info.spec.repr_digest})
+        if not info.spec.repr_digest:
+            algorithms.append("md5")  # GCS clients read md5Hash back; ours declare a digest
+        self._running[info.spec.upload_id] = _Running(algorithms)
+
+    async def write_chunk(
+        self,
+        upload_id: str,
+        plan: ChunkPlan,
+        body: AsyncIterable[bytes],
+        content_digest: Digests,
+    ) -> UploadInfo:
+        """Write a chunk's body per `plan`, fsync it, and return the new state.
+
+        Raises:
+            DigestMismatch: `chunk_digest_mismatch`; nothing of the chunk is kept.
+            BadRequest: `body_too_long` / `body_too_short` when the body and range disagree.
+            InsufficientStorage / StorageFailure: the disk refused; nothing is acknowledged.
+            Whatever `body` raises (timeouts, disconnects), after keeping or dropping the
+            received bytes as the module docstring says.
+        """
+        info = await self._require(upload_id)
+        writer = _ChunkWriter(self._part(upload_id), info.state.offset, plan, content_digest)
+        running = self._running.get(upload_id)
+        if running is not None and running.position != info.state.offset:
+            running = None
+        try:
+            await writer.consume(body, running)
+            await writer.check()
+            if self._durable:
+                await asyncio.to_thread(writer.sync)
+        except BaseException:
+            self._forget_running(upload_id, writer)
+            kept = writer.settle(keep=writer.body_failed and not content_digest)
+            self._cache[upload_id] = replace(info, state=UploadState(kept, plan.total))
+            raise
+        finally:
+            writer.close()
+        return self._advanced(info, plan, writer.written)
+
+    def _forget_running(self, upload_id: str, writer: _ChunkWriter) -> None:
+        if writer.written:
+            self._running.pop(upload_id, None)
+
+    def _advanced(self, info: UploadInfo, plan: ChunkPlan, written: int) -> UploadInfo:
+        state = UploadState(info.state.offset + written, plan.total)
+        spec = info.spec if info.spec.size == plan.total else replace(info.spec, size=plan.total)
+        new = replace(info, spec=spec, state=state)
+        self._cache[info.spec.upload_id] = new
+        return new
+
+    async def finalize(self, upload_id: str) -> UploadInfo:
+        """Verify the whole file against its declared digest, then publish it.
+
+        Raises:
+            DigestMismatch: `repr_digest_mismatch`; the upload is reset to offset 0.
+        """
+        info = await self._require(upload_id)
+        if info.record is not None:
+            return info
+        digests = await self._whole_digests(info)
+        try:
+            integrity.verify(info.spec.repr_digest, digests, what="repr")
+        except DigestMismatch:
+            await asyncio.to_thread(self._reset, upload_id)
+            self._cache[upload_id] = replace(info, state=UploadState(0, info.spec.size))
+            self._start_running(self._cache[upload_id])
+            raise
+        record = FileRecord(
+            upload_id, info.spec.name, info.state.offset, info.spec.metadata, digests
+        )
+        await asyncio.to_thread(self._publish, info.spec, record)
+        self._running.pop(upload_id, None)
+        done = UploadInfo(info.spec, info.state, record)
+        self._cache[upload_id] = done
+        return done
+
+    async def _whole_digests(self, info: UploadInfo) -> dict[str, bytes]:
+        wanted = {integrity.PREFERRED, *info.spec.repr_digest}
+        running = self._running.get(info.spec.upload_id)
+        if running and running.position == info.state.offset and wanted <= {*running.algorithms}:
+            return running.hasher.digests()
+        if not info.spec.repr_digest:
+            wanted.add("md5")
+        return await asyncio.to_thread(_hash_file, self._part(info.spec.upload_id), wanted)
+
+    def _reset(self, upload_id: str) -> None:
+        fd = os.open(self._part(upload_id), os.O_WRONLY)
+        try:
+            os.ftruncate(fd, 0)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _publish(self, spec: UploadSpec, record: FileRecord) -> None:
+        self._save_spec(spec, record)
+        os.replace(self._part(spec.upload_id), self.file_path(spec.upload_id))
+        self._sync_dirs()
+
+    async def delete(self, upload_id: str) -> None:
+        """Abort a partial upload: its bytes and parameters are removed."""
+        for path in (self._part(upload_id), self._meta(upload_id)):
+            path.unlink(missing_ok=True)
+        self._cache.pop(upload_id, None)
+        self._running.pop(upload_id, None)
+        await self._sync_dir_async()
+
+    def _sync_dirs(self) -> None:
+        if self._durable:
+            fsync_dir(self.uploads_dir)
+            fsync_dir(self.files_dir)
+
+    async def _sync_dir_async(self) -> None:
+        if self._durable:
+            await asyncio.to_thread(fsync_dir, self.uploads_dir)
+
+
+class _ChunkWriter:
+    """One chunk's trip to disk: skip the stored prefix, hash everything, write the rest."""
+
+    def __init__(self, path: Path, offset: int, plan: ChunkPlan, digest: Digests) -> None:
+        self.offset = offset
+        self.plan = plan
+        self.expected = digest
+        self.hasher = MultiHasher(digest)
+        self.received = 0
+        self.written = 0
+        self.body_failed = False
+        self.fd = os.open(path, os.O_WRONLY)
+        os.lseek(self.fd, offset, os.SEEK_SET)
+
+    async def consume(self, body: AsyncIterable[bytes], running: _Running | None) -> None:
+        length = self.plan.skip + self.plan.write
+        chunks = aiter(body)
+        while True:
+            try:
+                data = await anext(chunks)
+            except StopAsyncIteration:
+                return
+            except BaseException:
+                self.body_failed = True
+                raise
+            if self.received + len(data) > length:
+                raise BadRequest("body_too_long", f"body is longer than the range's {length}")
+            self.hasher.update(data)
+            fresh = data[max(0, self.plan.skip - self.received) :]
+            self.received += len(data)
+            if fresh:
+                self._write(fresh)
+                if running is not None:
+                    running.hasher.update(fresh)
+                    running.position += len(fresh)
+
+    def _write(self, data: bytes) -> None:
+        try:
+            write_all(self.fd, data)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise InsufficientStorage("insufficient_storage", "the disk is full") from exc
+            raise StorageFailure("storage_error", f"write failed: {exc.strerror}") from exc
+        self.written += len(data)
+
+    async def check(self) -> None:
+        length = self.plan.skip + self.plan.write
+        if self.received != length:
+            raise BadRequest("body_too_short", f"body has {self.received} of {length} bytes")
+        integrity.verify(self.expected, self.hasher.digests(), what="chunk")
+
+    def sync(self) -> None:
+        try:
+            os.fsync(self.fd)
+        except OSError as exc:
+            raise StorageFailure("storage_error", f"fsync failed: {exc.strerror}") from exc
+
+    def settle(self, *, keep: bool) -> int:
+        """After a failure: keep what arrived (durably) or cut back; returns the offset."""
+        if keep and self.written:
+            try:
+                os.fsync(self.fd)
+                return self.offset + self.written
+            except OSError:
+                pass  # an unsynced tail cannot be trusted: cut it off below
+        os.ftruncate(self.fd, self.offset)
+        self.written = 0
+        return self.offset
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _hash_file(path: Path, algorithms: set[str]) -> dict[str, bytes]:
+    hasher = MultiHasher(sorted(algorithms))
+    with path.open("rb") as stream:
+        while block := stream.read(_HASH_BLOCK):
+            hasher.update(block)
+    return hasher.digests()
+
+
+def _check_same(existing: UploadSpec, wanted: UploadSpec) -> None:
+    for name in ("name", "metadata", "repr_digest"):
+        value = getattr(wanted, name)
+        if value and value != getattr(existing, name):
+            raise Conflict("upload_conflict", f"upload exists with a different {name}")
+    if wanted.size is not None and existing.size not in (None, wanted.size):
+        raise Conflict("upload_conflict", "upload exists with a different size")
+
+
+def _spec_to_json(spec: UploadSpec) -> dict[str, object]:
+    return {
+        "id": spec.upload_id,
+        "name": spec.name,
+        "size": spec.size,
+        "metadata": dict(spec.metadata),
+        "repr_digest": integrity.to_hex(spec.repr_digest),
+    }
+
+
+def _spec_from_json(doc: dict[str, Any]) -> UploadSpec:
+    return UploadSpec(
+        upload_id=doc["id"],
+        name=doc.get("name"),
+        size=doc.get("size"),
+        metadata=doc.get("metadata") or {},
+        repr_digest=integrity.from_hex(doc.get("repr_digest") or {}),
+    )
+
+
+def _record_from_json(doc: dict[str, Any]) -> FileRecord:
+    return FileRecord(
+        upload_id=doc["id"],
+        name=doc.get("name"),
+        size=doc["size"],
+        metadata=doc.get("metadata") or {},
+        digests=integrity.from_hex(doc.get("digests") or {}),
+    )
