@@ -87,6 +87,7 @@ class MetaRecord:
 
 
 Record = JournalEntry | MetaRecord
+_Pending = tuple[Record, bytes, asyncio.Future[None]]  # a queued record, its frame, its waiter
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,10 +113,8 @@ def encode_frame(payload: bytes) -> bytes:
 
 
 def decode_frame(data: bytes, offset: int = 0) -> tuple[bytes, int] | None:
-    """The payload of the valid frame at `offset` and the offset just past it.
-
-    None if no complete frame with the right magic, length and checksum starts there.
-    """
+    """The payload of the valid frame at `offset` and the offset just past it; None if no
+    complete frame with the right magic, length and checksum starts there."""
     if len(data) - offset < _HEADER.size:
         return None
     magic, length, crc = _HEADER.unpack_from(data, offset)
@@ -188,7 +187,7 @@ class FileJournal:
         self._fd, self._lock_fd = fd, lock_fd
         self._entries: dict[str, JournalEntry] = {}
         self._meta: dict[str, str] = {}
-        self._pending: list[tuple[Record, bytes, asyncio.Future[None]]] = []
+        self._pending: list[_Pending] = []
         self._writer: asyncio.Task[None] | None = None
         self._failure: str | None = None
         self._closed = False
@@ -198,7 +197,9 @@ class FileJournal:
     @classmethod
     def open(cls, directory: Path) -> FileJournal:
         """Lock `directory`, recover its log (dropping a torn tail) and load it."""
-        directory.mkdir(parents=True, exist_ok=True)
+        if not directory.is_dir():
+            directory.mkdir(parents=True)
+            fsync_dir(directory.parent)
         lock_fd = _lock(directory)
         try:
             fd, records, dropped = _recover(directory / LOG_NAME)
@@ -257,7 +258,7 @@ class FileJournal:
             if self._closed:
                 self._release()
 
-    async def _commit(self, batch: list[tuple[Record, bytes, asyncio.Future[None]]]) -> None:
+    async def _commit(self, batch: list[_Pending]) -> None:
         data = b"".join(frame for _, frame, _ in batch)
         write = asyncio.ensure_future(asyncio.to_thread(_write_durably, self._fd, data))
         try:
@@ -265,23 +266,17 @@ class FileJournal:
         finally:
             self._settle(batch, write.exception())
 
-    def _settle(
-        self, batch: list[tuple[Record, bytes, asyncio.Future[None]]], error: BaseException | None
-    ) -> None:
+    def _settle(self, batch: list[_Pending], error: BaseException | None) -> None:
         if error is not None:
             # A partial frame may be on disk now: appending after it would turn a torn tail
             # into damage in the middle. Refuse until reopened (recovery drops the tail).
             self._failure = f"{self.path}: write failed ({error}); reopen the journal"
-            batch, self._pending = batch + self._pending, []
+            _fail(batch + self._pending, self._failure)
+            self._pending = []
+            return
         for record, _, done in batch:
-            if error is None:
-                self._apply(record)
-            if done.done():
-                continue
-            if self._failure:
-                done.set_exception(JournalError(self._failure))
-            else:
-                done.set_result(None)
+            self._apply(record)
+            done.set_result(None)
 
     def _apply(self, record: Record) -> None:
         if isinstance(record, MetaRecord):
@@ -290,20 +285,21 @@ class FileJournal:
             self._entries[record.file_id] = record
 
     def _release(self) -> None:
-        for _, _, done in self._pending:
-            if not done.done():
-                done.set_exception(JournalError(f"{self.path} was closed before this write"))
+        _fail(self._pending, f"{self.path} was closed before this write")
         self._pending = []
         os.close(self._fd)
         os.close(self._lock_fd)  # closing the descriptor drops the flock
 
 
-async def _wait_through_cancellation(future: asyncio.Future[None]) -> None:
-    """Wait for `future` even if cancelled meanwhile, then re-raise the cancellation.
+def _fail(pending: list[_Pending], message: str) -> None:
+    for _, _, done in pending:
+        if not done.done():
+            done.set_exception(JournalError(message))
 
-    The write runs in a thread that cannot be stopped; abandoning it would let the file
-    be closed (or written again) under it.
-    """
+
+async def _wait_through_cancellation(future: asyncio.Future[None]) -> None:
+    """Wait for `future` even if cancelled meanwhile, then re-raise the cancellation: the
+    write runs in a thread that cannot be stopped, and the file must not close under it."""
     cancelled = False
     while not future.done():
         try:
