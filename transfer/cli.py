@@ -16,7 +16,7 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 
-from transfer import logs
+from transfer import logs, sending
 from transfer.errors import ConfigError, TransferError
 from transfer.server import AccessLogger, ServerConfig, make_app
 from transfer.storage import FileStore
@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
+    sending.add_parsers(sub, _size, _duration, _add_logging)
     return parser
 
 

@@ -13,9 +13,11 @@
     │   ├── StorageFailure (500)       the disk failed (EIO); nothing was acknowledged
     │   ├── ServiceUnavailable (503)   too many uploads at once (carries Retry-After)
     │   └── InsufficientStorage (507)  the disk is full; nothing was acknowledged
+    ├── RemoteError                    a 4xx refusal that retrying will not change
     ├── TransientError                 the only thing the sender retries
     ├── JournalError                   the sender's journal is damaged beyond its torn tail
     ├── LocalFileDamaged               a spool file no longer matches its journaled digest
+    ├── Interrupted                    the sender was asked to stop between two chunks
     └── ConfigError                    a bad flag or setting; the CLI prints it and exits 2
 
 Invariants: a `ProtocolError`'s `code` is stable (clients and tests match on it) and
@@ -115,6 +117,16 @@ class InsufficientStorage(ProtocolError):
     title = "Insufficient Storage"
 
 
+class RemoteError(TransferError):
+    """A server's refusal that retrying will not change (most 4xx)."""
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(f"server refused ({status} {code}): {detail}")
+        self.status = status
+        self.code = code
+        self.detail = detail
+
+
 class TransientError(TransferError):
     """A failure worth retrying: connection trouble, timeouts, 408/429/5xx."""
 
@@ -129,6 +141,10 @@ class JournalError(TransferError):
 
 class LocalFileDamaged(TransferError):
     """A spool file's bytes no longer match the digest journaled for it."""
+
+
+class Interrupted(TransferError):
+    """The sender is stopping: the file stays unconfirmed and resumes next run."""
 
 
 class ConfigError(TransferError):

@@ -31,7 +31,6 @@ import socket
 import struct
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import NoReturn, Self, TypeAlias
 
 from transfer.errors import ConfigError
@@ -109,7 +108,7 @@ class FaultProxy:
         self._sleep = sleep
         self._server: asyncio.Server | None = None
         self._port: int | None = None
-        self._tasks: set[asyncio.Task[object]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self._release = asyncio.Event()  # set (and replaced) to end the current stalls
         self._closing = False
         self.stats = ProxyStats()
@@ -152,20 +151,26 @@ class FaultProxy:
             await self.start()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
     async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if self._closing or task is None:
+        if self._closing:
             client_w.close()
             return
+        task = asyncio.create_task(self._serve(client_r, client_w))
         self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        # close() cancels `task`, never this handler: Python 3.11's start_server logs an
+        # error for a cancelled handler. Bugs still surface through result().
+        try:
+            await asyncio.wait([task])
+        finally:
+            task.cancel()
+        if not task.cancelled():
+            task.result()
+
+    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         fault = self._plan(self.stats.connections)
         self.stats.connections += 1
         server_w: asyncio.StreamWriter | None = None
@@ -175,58 +180,46 @@ class FaultProxy:
         except* (OSError, _FaultFired):
             pass  # a fault or a peer's failure ends this connection only
         finally:
-            self._tasks.discard(task)
             await _close(client_w, server_w)
 
     async def _run(self, link: _Link) -> None:
         async with asyncio.TaskGroup() as group:
             group.create_task(self._upstream(link))
-            group.create_task(self._pump(link.server_r, link.client_w, link.fault, None, up=False))
+            group.create_task(self._pump(link, None, up=False))
 
     async def _upstream(self, link: _Link) -> None:
         trigger = link.fault.trigger()
         if trigger is None:
-            await self._pump(link.client_r, link.server_w, link.fault, None, up=True)
-            return
-        offset, kind = trigger
-        if await self._pump(link.client_r, link.server_w, link.fault, offset, up=True):
-            await self._fire(kind, link)
+            await self._pump(link, None, up=True)
+        elif await self._pump(link, trigger[0], up=True):
+            await self._fire(trigger[1], link)
 
-    async def _pump(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        fault: Fault,
-        budget: int | None,
-        *,
-        up: bool,
-    ) -> bool:
-        """Forward until EOF (half-close; False) or until `budget` bytes went through (True)."""
+    async def _pump(self, link: _Link, budget: int | None, *, up: bool) -> bool:
+        """Forward one direction until EOF (half-close it; False) or `budget` bytes (True)."""
+        reader, writer = (link.client_r, link.server_w) if up else (link.server_r, link.client_w)
         moved = 0
         while budget is None or moved < budget:
             size = _CHUNK if budget is None else min(_CHUNK, budget - moved)
-            data = await reader.read(min(size, fault.bandwidth or _CHUNK))
+            data = await reader.read(min(size, link.fault.bandwidth or _CHUNK))
             if not data:
                 if writer.can_write_eof():
                     writer.write_eof()
                 return False
-            await self._delay(fault, len(data))
+            await self._delay(link.fault, len(data))
             writer.write(data)
             await writer.drain()
             moved += len(data)
-            self._count(len(data), up=up)
+            if up:
+                self.stats.bytes_up += len(data)
+            else:
+                self.stats.bytes_down += len(data)
         return True
 
     async def _delay(self, fault: Fault, size: int) -> None:
+        # bandwidth: reads are at most `bandwidth` bytes, so no single delay exceeds ~1 s
         delay = fault.latency + (size / fault.bandwidth if fault.bandwidth else 0.0)
         if delay > 0:
             await self._sleep(delay)
-
-    def _count(self, size: int, *, up: bool) -> None:
-        if up:
-            self.stats.bytes_up += size
-        else:
-            self.stats.bytes_down += size
 
     async def _fire(self, kind: str, link: _Link) -> NoReturn:
         if kind == "stall":
@@ -261,17 +254,9 @@ def random_plan(
         rng = random.Random(f"{seed}:{number}")
         if rng.random() >= rate:
             return NO_FAULT
-        return _fault_of(rng.choice(choices), rng.randrange(max_offset))
+        return Fault(**{f"{rng.choice(choices)}_after": rng.randrange(max_offset)})
 
     return plan
-
-
-def _fault_of(kind: str, offset: int) -> Fault:
-    if kind == "cut":
-        return Fault(cut_after=offset)
-    if kind == "reset":
-        return Fault(reset_after=offset)
-    return Fault(stall_after=offset)
 
 
 def _as_plan(plan: Plan) -> Callable[[int], Fault]:

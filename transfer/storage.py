@@ -41,11 +41,9 @@ from transfer.errors import (
     InsufficientStorage,
     StorageFailure,
 )
-from transfer.fsutil import fsync_dir, remove_tmp_files, write_all, write_atomic
+from transfer.fsutil import feed_file, fsync_dir, remove_tmp_files, write_all, write_atomic
 from transfer.integrity import Digests, MultiHasher
 from transfer.protocol import ChunkPlan, UploadState
-
-_HASH_BLOCK = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -410,9 +408,7 @@ class _ChunkWriter:
 
 def _hash_file(path: Path, algorithms: set[str]) -> dict[str, bytes]:
     hasher = MultiHasher(sorted(algorithms))
-    with path.open("rb") as stream:
-        while block := stream.read(_HASH_BLOCK):
-            hasher.update(block)
+    feed_file(path, hasher.update)
     return hasher.digests()
 
 

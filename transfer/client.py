@@ -1,0 +1,170 @@
+"""One HTTP exchange at a time with a `transfer serve` (or any GCS-style) server.
+
+Every method sends one request and turns the answer into a `Progress` or an error:
+
+    200            Progress(offset=size, record=...)      the upload is complete
+    308            Progress(offset=Range end + 1)
+    404            Progress(offset=0, missing=True)       (queries only)
+    408, 429, 5xx  TransientError (with Retry-After)      retried by the caller
+    400 chunk_digest_mismatch  TransientError              the chunk was damaged in transit
+    other 4xx      RemoteError(status, code)              not retried
+    connection errors and timeouts: TransientError
+
+Invariant: this module decides nothing about retries or resumption; the sender does.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from transfer import integrity, protocol
+from transfer.errors import BadRequest, RemoteError, TransientError
+
+_TRANSIENT_CODES = frozenset({"chunk_digest_mismatch"})
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """What the server said about an upload."""
+
+    offset: int
+    record: Mapping[str, Any] | None = None
+    missing: bool = False
+
+    @property
+    def digest(self) -> str | None:
+        """The server's hex xxh3-128 of the completed file."""
+        if self.record is None:
+            return None
+        digests = self.record.get("digests") or {}
+        value = digests.get(integrity.PREFERRED)
+        return value if isinstance(value, str) else None
+
+
+class Corruptor:
+    """Flips one bit in a chunk with probability `rate` (seeded): the chaos demo."""
+
+    def __init__(self, rate: float, seed: int) -> None:
+        self.rate = rate
+        self._rng = random.Random(seed)
+        self.flips = 0
+
+    def __call__(self, data: bytes) -> bytes:
+        if not data or self._rng.random() >= self.rate:
+            return data
+        damaged = bytearray(data)
+        position = self._rng.randrange(len(damaged))
+        damaged[position] ^= 1 << self._rng.randrange(8)
+        self.flips += 1
+        return bytes(damaged)
+
+
+class UploadClient:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        *,
+        corruptor: Corruptor | None = None,
+    ) -> None:
+        self._session = session
+        self._base = base_url.rstrip("/")
+        self._corrupt = corruptor
+
+    def upload_url(self, file_id: str) -> str:
+        return f"{self._base}/uploads/{file_id}"
+
+    async def create(
+        self, file_id: str, *, name: str, size: int, metadata: Mapping[str, str], digest: bytes
+    ) -> Progress:
+        """Start (or find) the upload; idempotent for the same parameters."""
+        body = {"id": file_id, "name": name, "size": size, "metadata": dict(metadata)}
+        headers = {"Repr-Digest": integrity.format_digest_field({integrity.PREFERRED: digest})}
+        return await self._send("POST", f"{self._base}/uploads", json=body, headers=headers)
+
+    async def query(self, file_id: str) -> Progress:
+        """How far the upload is (`Content-Range: bytes */*`)."""
+        headers = {"Content-Range": "bytes */*"}
+        return await self._send("PUT", self.upload_url(file_id), headers=headers, query=True)
+
+    async def put_chunk(self, file_id: str, start: int, data: bytes, total: int) -> Progress:
+        """Send `data` as bytes start..start+len-1 of a `total`-byte file."""
+        rng = protocol.ChunkRange(start, start + len(data) - 1, total)
+        headers = {
+            "Content-Range": protocol.format_content_range(rng),
+            "Content-Digest": integrity.format_digest_field(
+                {integrity.PREFERRED: integrity.digest_of(data)}
+            ),
+            "Content-Type": "application/octet-stream",
+        }
+        body = self._corrupt(data) if self._corrupt else data
+        return await self._send("PUT", self.upload_url(file_id), data=body, headers=headers)
+
+    async def finish_empty(self, file_id: str) -> Progress:
+        """Complete a zero-byte file (`bytes */0`)."""
+        headers = {"Content-Range": "bytes */0"}
+        return await self._send("PUT", self.upload_url(file_id), headers=headers)
+
+    async def record(self, file_id: str) -> Progress:
+        """`GET /uploads/{id}`: the record if complete; `missing` if unknown."""
+        return await self._send("GET", self.upload_url(file_id), query=True)
+
+    async def _send(self, method: str, url: str, *, query: bool = False, **kwargs: Any) -> Progress:
+        try:
+            async with self._session.request(method, url, allow_redirects=False, **kwargs) as resp:
+                payload = await resp.read()
+                return _classify(resp.status, resp.headers, payload, query=query)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise TransientError(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
+
+
+def _classify(status: int, headers: Mapping[str, str], payload: bytes, *, query: bool) -> Progress:
+    if status == 200:
+        doc = _json(payload)
+        if doc.get("complete") is False:
+            return Progress(offset=int(doc.get("offset") or 0))
+        return Progress(offset=int(doc.get("size") or 0), record=doc)
+    if status == 308:
+        try:
+            return Progress(offset=protocol.parse_range_reply(headers.get("Range")))
+        except BadRequest as exc:
+            raise TransientError(f"server sent a bad Range: {exc}") from exc
+    if status == 404 and query:
+        return Progress(offset=0, missing=True)
+    code, detail = _problem(payload)
+    if status in (408, 429) or status >= 500 or code in _TRANSIENT_CODES:
+        raise TransientError(
+            f"server answered {status} {code}: {detail}", retry_after=_retry_after(headers)
+        )
+    raise RemoteError(status, code, detail)
+
+
+def _json(payload: bytes) -> dict[str, Any]:
+    try:
+        doc = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TransientError("server sent a body that is not JSON") from exc
+    if not isinstance(doc, dict):
+        raise TransientError("server sent JSON that is not an object")
+    return doc
+
+
+def _problem(payload: bytes) -> tuple[str, str]:
+    try:
+        doc = json.loads(payload)
+        return str(doc.get("code", "unknown")), str(doc.get("detail", ""))
+    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return "unknown", payload[:200].decode("utf-8", "replace")
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    value = headers.get("Retry-After")
+    if value is None or not value.strip().isdigit():
+        return None
+    return float(value)

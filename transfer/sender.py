@@ -1,0 +1,245 @@
+"""The generate-and-send pipeline: spool, journal, then upload, while generation goes on.
+
+    generator ──> spool file (fsync) ──> journal `generated` (fsync) ──> queue ──> N uploaders
+                                                                                    │
+                                        journal `confirmed` / `failed` (fsync) <────┘
+
+Invariants:
+- A file is journaled only once its bytes are durable in the spool, and uploaded only
+  once its journal record is durable: a crash at any instant loses nothing.
+- Generated ids are `{run}-{index:05d}`: the run id and the seed live in the journal, so a
+  restarted sender regenerates exactly the missing indices, byte-identical, and never
+  more than `count` files in total.
+- A restart first re-queues every unconfirmed file (the server's offset says where to
+  resume); a confirmed file is never uploaded again.
+- Stopping (SIGINT/SIGTERM) ends generation at once, lets in-flight chunks finish (at
+  most `drain_timeout`), and leaves unfinished files journaled for the next run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+import xxhash
+
+from transfer.errors import ConfigError, Interrupted
+from transfer.fsutil import remove_tmp_files, write_atomic
+from transfer.generator import FileSpec, GeneratorConfig, generate
+from transfer.journal import FileState, Journal, JournalEntry
+from transfer.retry import Sleep
+from transfer.uploader import Uploader, hash_file
+
+log = structlog.get_logger("transfer.sender")
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True, slots=True)
+class SenderConfig:
+    spool_dir: Path
+    generator: GeneratorConfig | None = None  # None: send `paths` instead
+    paths: tuple[Path, ...] = ()
+    concurrency: int = 4
+    drain_timeout: float = 10.0
+    dtype: str = "int16"
+
+
+@dataclass(slots=True)
+class Tally:
+    """What happened in this run, for the summary, /status and the progress bar."""
+
+    started: float
+    generated: int = 0
+    confirmed: int = 0
+    failed: int = 0
+    latencies: list[float] = field(default_factory=list)
+    born: dict[str, float] = field(default_factory=dict)
+
+
+class Sender:
+    def __init__(
+        self,
+        config: SenderConfig,
+        journal: Journal,
+        uploader: Uploader,
+        *,
+        sleep: Sleep = asyncio.sleep,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.journal = journal
+        self.uploader = uploader
+        self.sleep = sleep
+        self.clock = clock
+        self.tally = Tally(started=clock())
+        self.stop = asyncio.Event()
+        self._queue: asyncio.Queue[JournalEntry | None] = asyncio.Queue()
+        uploader.stopping = self.stop.is_set
+
+    def counts(self) -> dict[str, int]:
+        """Journal entries by state."""
+        result = {state.value: 0 for state in FileState}
+        for entry in self.journal.entries():
+            result[entry.state.value] += 1
+        return result
+
+    async def run(self) -> bool:
+        """Deliver everything; True when every journaled file is confirmed."""
+        spool = self.config.spool_dir / "files"
+        spool.mkdir(parents=True, exist_ok=True)
+        remove_tmp_files(spool)  # an interrupted spool write; its index is regenerated
+        await self._resume()
+        workers = [asyncio.create_task(self._work()) for _ in range(self.config.concurrency)]
+        producer = asyncio.create_task(self._produce())
+        try:
+            await self._until_produced(producer)
+        finally:
+            for _ in workers:
+                self._queue.put_nowait(None)
+            await self._drain(workers)
+        counts = self.counts()
+        return counts["confirmed"] == sum(counts.values()) and not self.stop.is_set()
+
+    async def _until_produced(self, producer: asyncio.Task[None]) -> None:
+        stopped = asyncio.create_task(self.stop.wait())
+        await asyncio.wait({producer, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if not producer.done():
+            producer.cancel()
+            log.info("sender.stopping", reason="signal")
+        with contextlib.suppress(asyncio.CancelledError):
+            await producer
+        if not producer.cancelled() and producer.exception() is not None:
+            raise producer.exception()  # type: ignore[misc]
+
+    async def _drain(self, workers: list[asyncio.Task[None]]) -> None:
+        if not self.stop.is_set():
+            await asyncio.gather(*workers)
+            return
+        _, pending = await asyncio.wait(workers, timeout=self.config.drain_timeout)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _resume(self) -> None:
+        for entry in self.journal.entries():
+            if entry.state is not FileState.CONFIRMED:
+                log.info("file.requeued", file_id=entry.file_id, state=entry.state.value)
+                self._queue.put_nowait(entry)
+
+    async def _produce(self) -> None:
+        if self.config.generator is None:
+            await self._enqueue_paths()
+        else:
+            await self._generate(self.config.generator)
+
+    async def _work(self) -> None:
+        while (entry := await self._queue.get()) is not None and not self.stop.is_set():
+            try:
+                done = await self.uploader.deliver(entry)
+            except Interrupted:
+                continue
+            await self.journal.record(done)
+            self._count(done)
+
+    def _count(self, entry: JournalEntry) -> None:
+        if entry.state is FileState.CONFIRMED:
+            self.tally.confirmed += 1
+            born = self.tally.born.pop(entry.file_id, None)
+            if born is not None:
+                self.tally.latencies.append(self.clock() - born)
+        else:
+            self.tally.failed += 1
+
+    async def _generate(self, config: GeneratorConfig) -> None:
+        run, seed = self.journal.meta()["run"], int(self.journal.meta()["seed"])
+        start = next_index(self.journal.entries(), run)
+        if start < config.count:
+            log.info("generation.started", first=start, count=config.count, seed=seed)
+        async for spec, data in generate(
+            config, seed, start=min(start, config.count), sleep=self.sleep, clock=self.clock
+        ):
+            entry = await self._spool(f"{run}-{spec.index:05d}", spec, data)
+            self._queue.put_nowait(entry)
+        log.info("generation.finished", files=self.tally.generated)
+
+    async def _spool(self, file_id: str, spec: FileSpec, data: bytes) -> JournalEntry:
+        path = self.config.spool_dir / "files" / f"{file_id}.bin"
+        await asyncio.to_thread(write_atomic, path, data)
+        entry = JournalEntry(
+            file_id=file_id,
+            name=path.name,
+            path=str(path),
+            size=len(data),
+            dtype=self.config.dtype,
+            digest=xxhash.xxh3_128_hexdigest(data),
+            state=FileState.GENERATED,
+        )
+        await self.journal.record(entry)
+        self.tally.generated += 1
+        self.tally.born[file_id] = self.clock()
+        log.info("file.generated", file_id=file_id, size=entry.size, index=spec.index)
+        return entry
+
+    async def _enqueue_paths(self) -> None:
+        run = self.journal.meta()["run"]
+        known = {(e.path, e.digest) for e in self.journal.entries()}
+        number = len(self.journal.entries())
+        async for path, name in _walk(self.config.paths):
+            size, digest = await asyncio.to_thread(hash_file, path)
+            if (str(path), digest) in known:
+                continue
+            entry = JournalEntry(
+                file_id=f"{run}-p{number:05d}",
+                name=name,
+                path=str(path),
+                size=size,
+                dtype="bytes",
+                digest=digest,
+                state=FileState.GENERATED,
+            )
+            number += 1
+            await self.journal.record(entry)
+            self.tally.born[entry.file_id] = self.clock()
+            self._queue.put_nowait(entry)
+
+
+def next_index(entries: Iterable[JournalEntry], run: str) -> int:
+    """One past the highest generated index journaled for `run`."""
+    indices = [
+        int(e.file_id.rsplit("-", 1)[1])
+        for e in entries
+        if e.file_id.startswith(f"{run}-") and e.file_id.rsplit("-", 1)[1].isdigit()
+    ]
+    return max(indices, default=-1) + 1
+
+
+async def prepare_journal(journal: Journal, seed: int | None) -> int:
+    """Fix the run id and seed on first use; refuse a different seed later."""
+    meta = journal.meta()
+    if "run" not in meta:
+        await journal.set_meta("run", secrets.token_hex(4))
+    if "seed" not in meta:
+        chosen = seed if seed is not None else secrets.randbits(32)
+        await journal.set_meta("seed", str(chosen))
+        return chosen
+    if seed is not None and int(meta["seed"]) != seed:
+        raise ConfigError(f"this spool dir was started with --seed {meta['seed']}, not {seed}")
+    return int(meta["seed"])
+
+
+async def _walk(paths: Iterable[Path]) -> AsyncIterator[tuple[Path, str]]:
+    for root in paths:
+        if root.is_file():
+            yield root.resolve(), root.name
+        elif root.is_dir():
+            for path in sorted(p for p in root.rglob("*") if p.is_file()):
+                yield path.resolve(), str(path.relative_to(root))
+        else:
+            raise ConfigError(f"{root} is not a file or directory")

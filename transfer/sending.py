@@ -1,0 +1,234 @@
+"""The sender's subcommands: `transfer send`, `transfer status`, `transfer verify`.
+
+Flag parsing and process wiring only (session, journal, signals, status server); the
+pipeline is `transfer.sender`. Called from `transfer.cli`, which owns logging set-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeAlias
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from transfer import status
+from transfer.client import Corruptor, UploadClient
+from transfer.errors import ConfigError, TransferError
+from transfer.generator import GeneratorConfig
+from transfer.journal import FileJournal, FileState, JournalEntry
+from transfer.retry import RetryPolicy
+from transfer.sender import Sender, SenderConfig, prepare_journal
+from transfer.uploader import Uploader
+
+log = structlog.get_logger("transfer.send")
+KiB = 1024
+Sub: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+def add_parsers(
+    sub: Sub,
+    size: Callable[[str], int],
+    duration: Callable[[str], float],
+    add_logging: Callable[[argparse.ArgumentParser], None],
+) -> None:
+    p = sub.add_parser("send", help="generate (or take) files and upload them")
+    p.add_argument("paths", nargs="*", type=Path, help="send these files/directories instead")
+    p.add_argument("--server", required=True, help="e.g. http://127.0.0.1:8000")
+    p.add_argument("--spool-dir", type=Path, required=True)
+    p.add_argument("--count", type=int, default=100)
+    p.add_argument("--min-size", type=size, default="1KiB")
+    p.add_argument("--max-size", type=size, default="1MiB")
+    p.add_argument("--min-interval", type=duration, default="1ms")
+    p.add_argument("--max-interval", type=duration, default="1s")
+    p.add_argument("--max-duration", type=duration, default=None, help="bound generation time")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--chunk-size", type=size, default="256KiB", help="a multiple of 256KiB")
+    p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--retry-timeout", type=duration, default="300s")
+    p.add_argument("--status-port", type=int, default=0, help="0 picks a free port")
+    p.add_argument("--status-host", default="127.0.0.1")
+    p.add_argument("--inject-corruption", type=float, default=0.0, metavar="RATE")
+    p.add_argument("--progress", choices=("auto", "always", "never"), default="auto")
+    add_logging(p)
+    p.set_defaults(run=run_send)
+
+    p = sub.add_parser("status", help="print the sender's journal")
+    p.add_argument("--spool-dir", type=Path, required=True)
+    p.add_argument("--json", action="store_true", help="one JSON object per file")
+    add_logging(p)
+    p.set_defaults(run=run_status)
+
+    p = sub.add_parser("verify", help="check every journaled file against the server")
+    p.add_argument("--spool-dir", type=Path, required=True)
+    p.add_argument("--server", required=True)
+    add_logging(p)
+    p.set_defaults(run=run_verify)
+
+
+def _check_send_args(args: argparse.Namespace) -> None:
+    if args.chunk_size <= 0 or args.chunk_size % (256 * KiB):
+        raise ConfigError("--chunk-size must be a positive multiple of 256KiB")
+    if args.concurrency < 1:
+        raise ConfigError("--concurrency must be at least 1")
+    if not 0.0 <= args.inject_corruption <= 1.0:
+        raise ConfigError("--inject-corruption must be between 0 and 1")
+    if not args.server.startswith(("http://", "https://")):
+        raise ConfigError(f"--server must be an http:// or https:// URL, not {args.server!r}")
+    if not 0 <= args.status_port <= 65535:
+        raise ConfigError("--status-port must be 0-65535")
+
+
+def run_send(args: argparse.Namespace) -> int:
+    _check_send_args(args)
+    generator = None
+    if not args.paths:
+        generator = GeneratorConfig(
+            count=args.count,
+            min_size=args.min_size,
+            max_size=args.max_size,
+            min_interval=args.min_interval,
+            max_interval=args.max_interval,
+            max_duration=args.max_duration,
+        )
+    config = SenderConfig(
+        spool_dir=args.spool_dir,
+        generator=generator,
+        paths=tuple(args.paths),
+        concurrency=args.concurrency,
+    )
+    return asyncio.run(_send(args, config))
+
+
+def _session(concurrency: int) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=concurrency * 2),
+        timeout=aiohttp.ClientTimeout(total=None, connect=10, sock_read=60),
+    )
+
+
+async def _send(args: argparse.Namespace, config: SenderConfig) -> int:
+    with FileJournal.open(config.spool_dir) as journal:
+        seed = await prepare_journal(journal, args.seed)
+        async with _session(config.concurrency) as session:
+            corruptor = Corruptor(args.inject_corruption, seed) if args.inject_corruption else None
+            client = UploadClient(session, args.server, corruptor=corruptor)
+            uploader = Uploader(client, args.chunk_size, RetryPolicy(timeout=args.retry_timeout))
+            sender = Sender(config, journal, uploader)
+            runner = await _start_status(sender, args.status_host, args.status_port, args.server)
+            try:
+                ok = await _run_with_signals(sender, _progress_wanted(args.progress), args.count)
+            finally:
+                await runner.cleanup()
+    snap = status.snapshot(sender)
+    log.info("send.summary", ok=ok, **snap)
+    print(status.summary_line(sender), flush=True)
+    return 0 if ok else 1
+
+
+async def _start_status(sender: Sender, host: str, port: int, server: str) -> web.AppRunner:
+    runner = web.AppRunner(status.make_status_app(sender), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+    url = f"http://{host}:{runner.addresses[0][1]}"
+    log.info("sender.started", status_url=url, server=server, spool_dir=str(sender.config.spool_dir))
+    return runner
+
+
+def _progress_wanted(mode: str) -> bool:
+    return mode == "always" or (mode == "auto" and sys.stderr.isatty())
+
+
+async def _run_with_signals(sender: Sender, progress: bool, target: int) -> bool:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, sender.stop.set)
+    drawer = asyncio.create_task(_draw(sender, target)) if progress else None
+    try:
+        return await sender.run()
+    finally:
+        if drawer is not None:
+            drawer.cancel()
+            status.draw_progress(sender, target)
+            sys.stderr.write("\n")
+
+
+async def _draw(sender: Sender, target: int) -> None:
+    while True:
+        status.draw_progress(sender, target)
+        await asyncio.sleep(0.2)
+
+
+def run_status(args: argparse.Namespace) -> int:
+    with FileJournal.open(args.spool_dir) as journal:
+        entries = journal.entries()
+    if args.json:
+        for e in entries:
+            print(json.dumps(_entry_json(e)))
+        return 0
+    print(f"{'id':<24} {'state':<10} {'size':>10}  name / reason")
+    for e in entries:
+        print(f"{e.file_id:<24} {e.state.value:<10} {e.size:>10}  {e.reason or e.name}")
+    counts = {s.value: sum(e.state is s for e in entries) for s in FileState}
+    print(", ".join(f"{n} {state}" for state, n in counts.items()))
+    return 0
+
+
+def _entry_json(entry: JournalEntry) -> dict[str, object]:
+    return {
+        "id": entry.file_id,
+        "name": entry.name,
+        "path": entry.path,
+        "size": entry.size,
+        "dtype": entry.dtype,
+        "digest": entry.digest,
+        "state": entry.state.value,
+        "server_digest": entry.server_digest,
+        "reason": entry.reason,
+    }
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    with FileJournal.open(args.spool_dir) as journal:
+        entries = journal.entries()
+    problems = asyncio.run(_verify(entries, args.server))
+    for line in problems:
+        print(line)
+    print(
+        f"verified {len(entries) - len(problems)}/{len(entries)} files: "
+        f"{'OK' if not problems else f'{len(problems)} missing or different'}"
+    )
+    return 0 if not problems else 1
+
+
+async def _verify(entries: list[JournalEntry], server: str) -> list[str]:
+    problems: list[str] = []
+    async with _session(4) as session:
+        client = UploadClient(session, server)
+        for entry in entries:
+            try:
+                progress = await client.record(entry.file_id)
+            except TransferError as exc:
+                problems.append(f"{entry.file_id}: {exc}")
+                continue
+            if progress.record is None:
+                problems.append(
+                    f"{entry.file_id}: missing on the server (offset {progress.offset})"
+                )
+            elif progress.digest != entry.digest:
+                problems.append(
+                    f"{entry.file_id}: server digest {progress.digest} != {entry.digest}"
+                )
+    return problems

@@ -1,0 +1,107 @@
+"""What the sender shows: its own small HTTP server (the brief's "second server") and a
+progress line for people.
+
+`GET /status` JSON counts by state, bytes and rates; `GET /metrics` Prometheus text;
+`GET /healthz`. Read-only: nothing here changes the journal or the uploads.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+from typing import TextIO
+
+from aiohttp import web
+
+from transfer.metrics import Metrics
+from transfer.sender import Sender
+from transfer.units import format_size
+
+SENDER = web.AppKey("sender", Sender)
+
+
+def snapshot(sender: Sender) -> dict[str, object]:
+    """Everything /status reports, also used for the summary line."""
+    stats = sender.uploader.stats
+    elapsed = max(sender.clock() - sender.tally.started, 1e-9)
+    latencies = sorted(sender.tally.latencies)
+    return {
+        "files": sender.counts(),
+        "generated_this_run": sender.tally.generated,
+        "confirmed_this_run": sender.tally.confirmed,
+        "failed_this_run": sender.tally.failed,
+        "bytes_sent": stats.bytes_sent,
+        "chunks": stats.chunks,
+        "retries": stats.retries,
+        "resumes": stats.resumes,
+        "elapsed_s": round(elapsed, 3),
+        "mb_per_s": round(stats.bytes_sent / elapsed / 1e6, 3),
+        "latency_p50_ms": _quantile(latencies, 0.5),
+        "latency_p99_ms": _quantile(latencies, 0.99),
+    }
+
+
+def _quantile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    if len(values) == 1:
+        return round(values[0] * 1000, 3)
+    cuts = statistics.quantiles(values, n=100, method="inclusive")
+    return round(cuts[min(int(q * 100), 99) - 1] * 1000, 3)
+
+
+def make_status_app(sender: Sender) -> web.Application:
+    app = web.Application()
+    app[SENDER] = sender
+    app.router.add_get("/status", _status)
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/healthz", _healthz)
+    return app
+
+
+async def _status(request: web.Request) -> web.Response:
+    return web.json_response(snapshot(request.app[SENDER]))
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    sender = request.app[SENDER]
+    m = Metrics()
+    m.describe("transfer_sender_files", "gauge", "Journaled files by state")
+    for state, count in sender.counts().items():
+        m.set("transfer_sender_files", count, state=state)
+    stats = sender.uploader.stats
+    for name, value, text in (
+        ("transfer_sender_bytes_sent_total", stats.bytes_sent, "Chunk bytes sent"),
+        ("transfer_sender_retries_total", stats.retries, "Retried requests"),
+        ("transfer_sender_resumes_total", stats.resumes, "Uploads resumed at an offset"),
+    ):
+        m.describe(name, "counter", text)
+        m.set(name, value)
+    return web.Response(text=m.render(), content_type="text/plain")
+
+
+def summary_line(sender: Sender) -> str:
+    snap = snapshot(sender)
+    files = sender.counts()
+    total = sum(files.values())
+    return (
+        f"{files['confirmed']}/{total} files confirmed, {files['failed']} failed; "
+        f"{format_size(float(snap['bytes_sent']))} sent in {snap['elapsed_s']} s "  # type: ignore[arg-type]
+        f"({snap['mb_per_s']} MB/s); {snap['retries']} retries, {snap['resumes']} resumes"
+    )
+
+
+def draw_progress(sender: Sender, target: int | None, stream: TextIO = sys.stderr) -> None:
+    files = sender.counts()
+    total = target or sum(files.values()) or 1
+    done = files["confirmed"]
+    width = 30
+    filled = min(width, width * done // total)
+    bar = "#" * filled + "-" * (width - filled)
+    sent = format_size(sender.uploader.stats.bytes_sent)
+    stream.write(f"\r[{bar}] {done}/{total} files  {sent}  {files['failed']} failed ")
+    stream.flush()

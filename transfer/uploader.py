@@ -1,0 +1,216 @@
+"""Delivering one journaled file: chunked, resumable, verified.
+
+Invariants:
+- Before any (re)upload the file's bytes are hashed and compared with the journaled
+  digest: a locally damaged file is never sent as truth (`LocalFileDamaged`).
+- The server's offset is the only resume point: after any failure or 409 the next step
+  asks (`bytes */*`) before it sends. A 308 that acknowledges less than was sent moves
+  the next chunk back to what the server holds.
+- A file is confirmed only when the server's returned digest equals the journaled one.
+- A whole-file mismatch (`repr_digest_mismatch`, server reset to 0) is re-sent from zero
+  at most `mismatch_retries` times; other refusals fail the file with the server's code.
+- Only `TransientError` is retried (see `retry.RetryPolicy`); each retry is logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiofiles
+import structlog
+import xxhash
+from aiofiles.threadpool.binary import AsyncBufferedReader
+from tenacity import RetryCallState
+
+from transfer.client import Progress, UploadClient
+from transfer.errors import Interrupted, LocalFileDamaged, RemoteError, TransientError
+from transfer.fsutil import feed_file
+from transfer.journal import FileState, JournalEntry
+from transfer.retry import RetryPolicy
+
+log = structlog.get_logger("transfer.uploader")
+
+Reader = AsyncBufferedReader
+_MAX_RESYNCS = 20
+
+
+@dataclass(slots=True)
+class UploadStats:
+    """Counters the sender reports; shared by every worker."""
+
+    bytes_sent: int = 0
+    retries: int = 0
+    resumes: int = 0
+    chunks: int = 0
+
+
+@dataclass(slots=True)
+class Uploader:
+    client: UploadClient
+    chunk_size: int
+    policy: RetryPolicy
+    stats: UploadStats = field(default_factory=UploadStats)
+    mismatch_retries: int = 3
+    stopping: Callable[[], bool] = lambda: False
+
+    async def deliver(self, entry: JournalEntry) -> JournalEntry:
+        """Upload `entry` until confirmed or failed; returns the entry's new state."""
+        for attempt in range(self.mismatch_retries + 1):
+            try:
+                await check_local(entry)
+                progress = await self._push(entry)
+            except RemoteError as exc:
+                if exc.code == "repr_digest_mismatch" and attempt < self.mismatch_retries:
+                    log.warning("upload.mismatch", file_id=entry.file_id, attempt=attempt + 1)
+                    continue
+                return _failed(entry, f"{exc.status} {exc.code}: {exc.detail}")
+            except (LocalFileDamaged, TransientError) as exc:
+                return _failed(entry, str(exc))
+            return self._confirm(entry, progress)
+        raise AssertionError("unreachable: the last attempt returns")
+
+    def _confirm(self, entry: JournalEntry, progress: Progress) -> JournalEntry:
+        if progress.digest != entry.digest:
+            return _failed(
+                entry, f"server holds digest {progress.digest}, journal has {entry.digest}"
+            )
+        log.info("upload.confirmed", file_id=entry.file_id, size=entry.size)
+        return entry.with_state(FileState.CONFIRMED, server_digest=progress.digest)
+
+    async def _push(self, entry: JournalEntry) -> Progress:
+        progress = await self._retry(entry, lambda: self._create(entry))
+        if progress.offset and progress.record is None:
+            self.stats.resumes += 1
+            log.info("upload.resumed", file_id=entry.file_id, offset=progress.offset)
+        async with aiofiles.open(entry.path, "rb") as source:
+            return await self._send_all(entry, source, progress)
+
+    async def _send_all(
+        self,
+        entry: JournalEntry,
+        source: Reader,
+        progress: Progress,
+    ) -> Progress:
+        known: Progress | None = progress
+        resyncs = 0
+        while known is None or known.record is None:
+            if self.stopping():
+                raise Interrupted(f"stopped before {entry.file_id} was complete")
+            step = _bind(self._step, entry, source, known)
+            try:
+                known = await self._retry(entry, step)
+            except RemoteError as exc:
+                if exc.status != 409 or resyncs >= _MAX_RESYNCS:
+                    raise
+                resyncs += 1
+                log.info("upload.resync", file_id=entry.file_id, code=exc.code)
+                known = None
+        return known
+
+    async def _step(
+        self,
+        entry: JournalEntry,
+        source: Reader,
+        known: Progress | None,
+    ) -> Progress:
+        if known is None:
+            known = await self.client.query(entry.file_id)
+            if known.missing:
+                known = await self._create(entry)
+            if known.record is not None:
+                return known
+        if entry.size == 0:
+            return await self.client.finish_empty(entry.file_id)
+        await source.seek(known.offset)
+        data = await source.read(self.chunk_size)
+        if not data:
+            raise LocalFileDamaged(f"{entry.path} is shorter than its journaled {entry.size}")
+        started = time.perf_counter()
+        progress = await self.client.put_chunk(entry.file_id, known.offset, data, entry.size)
+        self.stats.bytes_sent += len(data)
+        self.stats.chunks += 1
+        log.debug(
+            "chunk.sent",
+            file_id=entry.file_id,
+            offset=known.offset,
+            bytes=len(data),
+            acknowledged=progress.offset,
+            elapsed_ms=round((time.perf_counter() - started) * 1000, 3),
+        )
+        return progress
+
+    async def _create(self, entry: JournalEntry) -> Progress:
+        return await self.client.create(
+            entry.file_id,
+            name=entry.name,
+            size=entry.size,
+            metadata={"dtype": entry.dtype},
+            digest=bytes.fromhex(entry.digest),
+        )
+
+    async def _retry(
+        self, entry: JournalEntry, step: Callable[[], Awaitable[Progress]]
+    ) -> Progress:
+        """Run `step`; on a TransientError, back off and run a fresh resync + step."""
+        first = True
+        async for attempt in self.policy.retrying(lambda state: self._log_retry(entry, state)):
+            with attempt:
+                if first:
+                    first = False
+                    return await step()
+                return await self._after_failure(entry)
+        raise AssertionError("unreachable: tenacity reraises")
+
+    async def _after_failure(self, entry: JournalEntry) -> Progress:
+        """After a transient failure nothing is known: ask the server where it stands."""
+        known = await self.client.query(entry.file_id)
+        return await self._create(entry) if known.missing else known
+
+    def _log_retry(self, entry: JournalEntry, state: RetryCallState) -> None:
+        self.stats.retries += 1
+        error = state.outcome.exception() if state.outcome else None
+        log.warning(
+            "upload.retry",
+            file_id=entry.file_id,
+            attempt=state.attempt_number,
+            error=str(error),
+            wait=round(state.upcoming_sleep, 3),
+            elapsed=round(state.seconds_since_start or 0.0, 3),
+        )
+
+
+def _bind(
+    step: Callable[[JournalEntry, Reader, Progress | None], Awaitable[Progress]],
+    entry: JournalEntry,
+    source: Reader,
+    known: Progress | None,
+) -> Callable[[], Awaitable[Progress]]:
+    return lambda: step(entry, source, known)
+
+
+def _failed(entry: JournalEntry, reason: str) -> JournalEntry:
+    log.error("upload.failed", file_id=entry.file_id, reason=reason)
+    return entry.with_state(FileState.FAILED, reason=reason)
+
+
+async def check_local(entry: JournalEntry) -> None:
+    """Raise `LocalFileDamaged` unless the file still has its journaled size and digest."""
+    try:
+        size, digest = await asyncio.to_thread(hash_file, Path(entry.path))
+    except OSError as exc:
+        raise LocalFileDamaged(f"{entry.path}: {exc.strerror}") from exc
+    if size != entry.size or digest != entry.digest:
+        raise LocalFileDamaged(
+            f"{entry.path} changed on disk since it was journaled (size {size}, digest {digest})"
+        )
+
+
+def hash_file(path: Path) -> tuple[int, str]:
+    """A file's size and hex xxh3-128, read from disk."""
+    hasher = xxhash.xxh3_128()
+    size = feed_file(path, hasher.update)
+    return size, hasher.hexdigest()
