@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -16,7 +17,7 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 
-from transfer import logs, sending
+from transfer import logs, report, sending
 from transfer.errors import ConfigError, TransferError
 from transfer.server import AccessLogger, ServerConfig, make_app
 from transfer.storage import FileStore
@@ -71,7 +72,25 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
     sending.add_parsers(sub, _size, _duration, _add_logging)
+    _report_parser(sub)
     return parser
+
+
+def _report_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("report", help="summarise a run from its JSON log files")
+    p.add_argument("logs", nargs="+", type=Path, help="sender and server log files")
+    p.add_argument("--json", action="store_true", help="one JSON object instead of text")
+    _add_logging(p)
+    p.set_defaults(run=_report)
+
+
+def _report(args: argparse.Namespace) -> int:
+    try:
+        summary = report.summarise(report.read_lines(args.logs))
+    except OSError as exc:
+        raise ConfigError(f"cannot read {exc.filename}: {exc.strerror}") from exc
+    print(json.dumps(summary.to_json()) if args.json else report.render(summary))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -133,7 +133,7 @@ class Uploader:
         progress = await self.client.put_chunk(entry.file_id, known.offset, data, entry.size)
         self.stats.bytes_sent += len(data)
         self.stats.chunks += 1
-        log.debug(
+        log.info(
             "chunk.sent",
             file_id=entry.file_id,
             offset=known.offset,
