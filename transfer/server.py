@@ -231,7 +231,9 @@ async def put_chunk(request: web.Request) -> web.Response:
 
 
 def _check_limits(config: ServerConfig, request: web.Request, rng: protocol.ContentRange) -> None:
-    if rng.total is not None and rng.total > config.max_upload:
+    # An unknown total must not let an upload grow past the limit chunk by chunk.
+    past_limit = isinstance(rng, protocol.ChunkRange) and rng.end >= config.max_upload
+    if past_limit or (rng.total is not None and rng.total > config.max_upload):
         raise PayloadTooLarge(
             "upload_too_large", f"uploads are limited to {config.max_upload} bytes"
         )
