@@ -55,6 +55,7 @@ TRANSFER = (sys.executable, "-m", "transfer")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 STOP_GRACE = 10.0  # seconds between SIGTERM and SIGKILL
 RUN_DEADLINE = 900.0  # no single child may run longer than this
+RSS_POLL = 0.02  # seconds between two looks at a running child's VmHWM
 # Hash passes over every byte, read off the code (see docs/benchmarks.md): the server
 # hashes each chunk for its Content-Digest and again for the running whole-file digest;
 # the sender (PATH mode) hashes the file to journal it, again in check_local before the
@@ -120,7 +121,7 @@ class Finished:
     returncode: int
     wall: float
     cpu: float
-    maxrss: int  # bytes
+    maxrss: int  # bytes: the last VmHWM seen before it exited
 
 
 @dataclass(slots=True)
@@ -149,14 +150,22 @@ class Children:
         return self.reap(proc, started)
 
     def reap(self, proc: subprocess.Popen[bytes], started: float) -> Finished:
-        if not _wait_exit(proc.pid, RUN_DEADLINE):
-            self.stop(proc)
-            raise RuntimeError(f"{proc.args!r} ran longer than {RUN_DEADLINE} s")
+        """Wait for `proc`, sampling its VmHWM every RSS_POLL seconds until it exits.
+
+        wait4's ru_maxrss is no use here: exec folds the forking parent's (this script's)
+        high-water mark into the child's, so every child would "peak" at our size.
+        """
+        hwm = 0
+        deadline = time.monotonic() + RUN_DEADLINE
+        while not _wait_exit(proc.pid, RSS_POLL):
+            hwm = max(hwm, peak_rss(proc.pid, missing_ok=True))
+            if time.monotonic() > deadline:
+                self.stop(proc)
+                raise RuntimeError(f"{proc.args!r} ran longer than {RUN_DEADLINE} s")
         wall = time.perf_counter() - started
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
-        cpu = usage.ru_utime + usage.ru_stime
-        return Finished(proc.returncode, wall, cpu, usage.ru_maxrss * KiB)
+        return Finished(proc.returncode, wall, usage.ru_utime + usage.ru_stime, hwm)
 
     def stop(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
         """`sig`, then SIGKILL to the child's process group after STOP_GRACE seconds."""
@@ -193,11 +202,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def peak_rss(pid: int) -> int:
-    """VmHWM of a running process, in bytes."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * KiB
+def peak_rss(pid: int, *, missing_ok: bool = False) -> int:
+    """VmHWM of a running process, in bytes (0 for an exiting one if `missing_ok`)."""
+    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * KiB
+    if missing_ok:
+        return 0  # a zombie has no memory left to report
     raise RuntimeError(f"no VmHWM for pid {pid}")
 
 
