@@ -39,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +56,7 @@ TRANSFER = (sys.executable, "-m", "transfer")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 STOP_GRACE = 10.0  # seconds between SIGTERM and SIGKILL
 RUN_DEADLINE = 900.0  # no single child may run longer than this
+KILL_DELAY = 0.015  # S6: seconds from the threshold ack to the SIGKILL
 RSS_POLL = 0.02  # seconds between two looks at a running child's VmHWM
 # Hash passes over every byte, read off the code (see docs/benchmarks.md): the server
 # hashes each chunk for its Content-Digest and again for the running whole-file digest;
@@ -412,12 +414,18 @@ def ref_nginx(bench: Bench, *, sync: bool) -> Sample:
 
 
 def diag_curl_transfer(bench: Bench, *, fsync: bool) -> Sample:
-    """`transfer serve` fed one whole-file PUT by curl: the server without our client."""
+    """`transfer serve` fed the whole file as one curl PUT: the server without our client.
+
+    The upload is created first (`POST` with the file's xxh3 `Repr-Digest`, untimed), as
+    `transfer send` does, so the server keeps only the xxh3 running digest; a bare PUT
+    would also compute MD5 for GCS clients.
+    """
     extra = ["--max-chunk", str(bench.plan.large), "--fsync", "always" if fsync else "never"]
     with bench.server(*extra) as server:
+        upload_id = f"curl-{bench.runs}"
+        _create(server.url, upload_id, bench.plan.large, bench.source_digest)
         before = cpu_seconds(server.proc.pid)
-        url = f"{server.url}/uploads/curl-{bench.runs}"
-        wall = curl_put(bench, url, f"Repr-Digest: {bench.source_digest}")
+        wall = curl_put(bench, f"{server.url}/uploads/{upload_id}")
         cpu = cpu_seconds(server.proc.pid) - before
         hwm = peak_rss(server.proc.pid)
     return {
@@ -425,6 +433,18 @@ def diag_curl_transfer(bench: Bench, *, fsync: bool) -> Sample:
         "cpu_per_gib": cpu * GiB / bench.plan.large,
         "server_rss_mib": hwm / MiB,
     }
+
+
+def _create(url: str, upload_id: str, size: int, digest: str) -> None:
+    body = json.dumps({"id": upload_id, "size": size}).encode()
+    request = urllib.request.Request(
+        f"{url}/uploads",
+        data=body,
+        headers={"Content-Type": "application/json", "Repr-Digest": digest},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        response.read()
 
 
 # --- nginx ---------------------------------------------------------------------------
@@ -623,6 +643,7 @@ def _kill_after(bench: Bench, proc: subprocess.Popen[bytes], log: Path, threshol
 
     with contextlib.suppress(RuntimeError):  # the sender may finish first: no kill then
         wait_for(lambda: received() >= threshold, "the server to receive bytes", proc, 300)
+        time.sleep(KILL_DELAY)  # into the next chunk's body, not right after an ack
     at = received()
     with contextlib.suppress(ProcessLookupError):
         proc.send_signal(signal.SIGKILL)
@@ -1209,6 +1230,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.sink is not None:
         run_sink(args.sink, fsync=args.sink_fsync)
         return 0
+    # SIGTERM ends the run through `finally`, so every child is stopped and reaped too.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     args.work_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="transfer-bench-", dir=args.work_dir))
     children = Children()
