@@ -170,7 +170,8 @@ class Sender:
         log.info("generation.finished", files=self.tally.generated)
 
     async def _spool(self, file_id: str, spec: FileSpec, data: bytes) -> JournalEntry:
-        path = self.config.spool_dir / "files" / f"{file_id}.bin"
+        # Absolute: the journal outlives this cwd (a restart may run from elsewhere).
+        path = (self.config.spool_dir / "files" / f"{file_id}.bin").absolute()
         await asyncio.to_thread(write_atomic, path, data)
         entry = JournalEntry(
             file_id=file_id,
