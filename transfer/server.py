@@ -167,6 +167,10 @@ async def create_upload(request: web.Request) -> web.Response:
     async with state.locks.hold(upload_id):
         existed = await state.store.get(upload_id) is not None
         info = await state.store.create(spec)
+        if info.record is None and info.state.complete and info.state.offset > 0:
+            # A crash after the last byte but before publication: finish it now, as a
+            # status query would, or a client resuming at offset == size has nothing to send.
+            info = await _finalize(state, upload_id)
     if not existed:
         log.info("upload.created", upload_id=upload_id, size=creation.size, name=creation.name)
     return web.json_response(_describe(info), headers={"Location": _location(request, upload_id)})
@@ -216,6 +220,11 @@ async def put_chunk(request: web.Request) -> web.Response:
     async with state.locks.hold(upload_id):
         info = await state.store.get(upload_id)
         if info is None:
+            if isinstance(rng, protocol.TotalOnly) and rng.total is None:
+                # A status query never creates: a client whose POST was lost in a crash
+                # must see 404 and POST again, not resume a bare upload (no name, no
+                # Repr-Digest) that every later POST would refuse as a conflict.
+                raise NotFound("upload_not_found", f"no upload {upload_id}")
             info = await _create_from_put(state, upload_id, rng)
         if info.record is not None:
             return _completed(info)
