@@ -131,6 +131,10 @@ class Children:
     """Every process this script started; `close` leaves none running."""
 
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    env: dict[str, str] | None = None  # None: this process's environment
+    # Children run in the work dir: `python -m` puts the cwd first on sys.path, and the
+    # cwd must not decide which `transfer` is measured.
+    cwd: Path | None = None
 
     def spawn(
         self, argv: Sequence[str], *, stderr: Path, stdout: int | Path = subprocess.DEVNULL
@@ -138,7 +142,13 @@ class Children:
         out: Any = stdout.open("wb") if isinstance(stdout, Path) else stdout
         with stderr.open("wb") as err:
             proc = subprocess.Popen(
-                list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                env=self.env,
+                cwd=self.cwd,
+                start_new_session=True,
             )
         if isinstance(stdout, Path):
             out.close()
@@ -288,9 +298,13 @@ class Bench:
     def server(self, *extra: str) -> Iterator[Server]:
         data, log = self.path("data"), self.path("server.log")
         argv = [*TRANSFER, "serve", "--port", "0", "--data-dir", str(data), "--log-file", str(log)]
-        proc = self.children.spawn([*argv, *extra], stderr=self.path("server.stderr"))
+        stderr = self.path("server.stderr")
+        proc = self.children.spawn([*argv, *extra], stderr=stderr)
         try:
-            started = wait_for(lambda: events(log, "server.started"), "server.started", proc)
+            try:
+                started = wait_for(lambda: events(log, "server.started"), "server.started", proc)
+            except RuntimeError as exc:
+                raise RuntimeError(f"{exc}\n{stderr.read_text()[-2000:]}") from exc
             yield Server(proc, started[0]["url"], log)
         finally:
             self.children.stop(proc)
@@ -654,6 +668,8 @@ def _kill_after(bench: Bench, proc: subprocess.Popen[bytes], log: Path, threshol
 def _report(bench: Bench, *logs: Path) -> dict[str, Any]:
     result = subprocess.run(
         [*TRANSFER, "report", "--json", *map(str, logs)],
+        cwd=bench.work,
+        env=bench.children.env,
         capture_output=True,
         text=True,
         check=True,
@@ -1111,7 +1127,7 @@ def build_rows(bench: Bench) -> list[Row]:
 # --- machine facts and output --------------------------------------------------------
 
 
-def machine(work: Path) -> dict[str, str]:
+def machine(work: Path, children: Children) -> dict[str, str]:
     cpuinfo = Path("/proc/cpuinfo").read_text()
     model = next(
         (ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines() if ln.startswith("model name")),
@@ -1131,9 +1147,26 @@ def machine(work: Path) -> dict[str, str]:
         "work dir filesystem": f"{fs[1]} on {fs[0]} ({work})",
         "python": platform.python_version(),
         "kernel": platform.release(),
-        "transfer commit": _git_commit(),
+        "repository HEAD": _git_commit(),
+        "transfer under test": _package_under_test(children),
         "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
+
+
+def _package_under_test(children: Children) -> str:
+    """Where `python -m transfer` imports from (and its COMMIT file, if it has one)."""
+    found = subprocess.run(
+        [sys.executable, "-c", "import transfer; print(transfer.__file__)"],
+        capture_output=True,
+        text=True,
+        env=children.env,
+        cwd=children.cwd,
+        check=False,
+    )
+    package = Path(found.stdout.strip()).parent
+    stamp = package.parent / "COMMIT"
+    commit = f" (snapshot of {stamp.read_text().strip()})" if stamp.exists() else ""
+    return f"{package}{commit}"
 
 
 def _git_commit() -> str:
@@ -1198,6 +1231,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--work-dir", type=Path, default=Path("/tmp"), help="the disk under test")
     p.add_argument("--install-nginx", action="store_true", help="apt-get install nginx (root)")
     p.add_argument("--keep", action="store_true", help="keep the work files and logs")
+    p.add_argument(
+        "--transfer-src",
+        type=Path,
+        help="benchmark the `transfer` package under this directory (e.g. a `git archive` "
+        "snapshot) instead of the installed one",
+    )
     p.add_argument("--only", help="comma-separated measurement keys (for debugging)")
     p.add_argument("--sink", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--sink-fsync", action="store_true", help=argparse.SUPPRESS)
@@ -1205,6 +1244,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.repeat < 1:
         p.error("--repeat must be at least 1")
     return args
+
+
+def _child_env(source: Path | None) -> dict[str, str] | None:
+    if source is None:
+        return None
+    if not (source / "transfer" / "__init__.py").exists():
+        raise SystemExit(f"--transfer-src {source}: no transfer/__init__.py there")
+    path = os.pathsep.join(filter(None, [str(source.resolve()), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path}
 
 
 def prepare(args: argparse.Namespace, children: Children, work: Path) -> Bench:
@@ -1234,8 +1282,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     args.work_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="transfer-bench-", dir=args.work_dir))
-    children = Children()
-    facts = machine(work)
+    children = Children(env=_child_env(args.transfer_src), cwd=work)
+    facts = machine(work, children)
     try:
         bench = prepare(args, children, work)
         only = set(args.only.split(",")) if args.only else None
