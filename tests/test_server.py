@@ -232,6 +232,7 @@ async def test_chunks_in_order_complete_with_a_verified_record(served: Served) -
         "size": 3000,
         "digests": {"xxh3-128": xxhash.xxh3_128(data).hexdigest()},
         "md5Hash": b64(hashlib.md5(data).digest()),
+        "complete": True,
     }
     assert done.headers["Repr-Digest"] == digest_field(data)
     assert (served.files_dir / "up1").read_bytes() == data
@@ -492,9 +493,10 @@ async def test_delete_aborts_a_partial_upload(served: Served) -> None:
     assert (await served.client.head("/uploads/up1")).status == 404
     assert list(served.uploads_dir.iterdir()) == []
     assert served.published() == []
-    # The id is free again: a new upload starts from zero.
-    assert (await put(served, "up1", b"", "bytes */*")).status == 308
-    assert await offset_of(served, "up1") == 0
+    # A status query does not bring it back; a new upload under the id starts from zero.
+    assert (await put(served, "up1", b"", "bytes */*")).status == 404
+    assert (await put_chunk(served, "up1", payload(10), 0, 100)).status == 308
+    assert await offset_of(served, "up1") == 10
 
 
 async def test_delete_refuses_a_completed_upload(served: Served) -> None:

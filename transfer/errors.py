@@ -3,6 +3,7 @@
     TransferError                      root: everything this package raises on purpose
     ├── ProtocolError                  a refused request: carries HTTP status + stable code
     │   ├── BadRequest (400)           malformed headers, bodies, ids
+    │   ├── Unauthorized (401)         missing or wrong bearer token
     │   ├── DigestMismatch (400)       a chunk or a whole file did not match its declared digest
     │   ├── NotFound (404)
     │   ├── Conflict (409)             offset gaps, conflicting creation parameters, size changes
@@ -65,6 +66,11 @@ class ProtocolError(TransferError):
 class BadRequest(ProtocolError):
     status = 400
     title = "Bad Request"
+
+
+class Unauthorized(ProtocolError):
+    status = 401
+    title = "Unauthorized"
 
 
 class DigestMismatch(ProtocolError):

@@ -14,35 +14,40 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from email.utils import formatdate
 
 import structlog
 from aiohttp import web
-from aiohttp.abc import AbstractAccessLogger
+from aiohttp.typedefs import Middleware
 
 from transfer import integrity, protocol
+from transfer.auth import bearer_middleware
 from transfer.errors import (
     BadRequest,
     Conflict,
     DigestMismatch,
+    InsufficientStorage,
     NotFound,
     PayloadTooLarge,
     ProtocolError,
     RequestTimeout,
     ServiceUnavailable,
 )
+from transfer.expiry import sweep_forever
 from transfer.locks import KeyedLocks
 from transfer.metrics import Metrics
+from transfer.middleware import BYTES, UPLOAD_ID, problems_middleware
 from transfer.storage import UploadInfo, UploadSpec, UploadStore
 
 log = structlog.get_logger("transfer.server")
 
 MiB = 1024 * 1024
-PROBLEM = "application/problem+json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,8 +57,15 @@ class ServerConfig:
     max_chunk: int = 64 * MiB
     max_upload: int = 64 * 1024 * MiB
     idle_timeout: float = 30.0
+    min_rate: int = 1024  # bytes/s a body must average once idle_timeout has passed
     max_active: int = 64
+    max_partial: int = 256 * 1024 * MiB  # all partial uploads together
+    reserve: int = 256 * MiB  # disk space never handed to uploads
+    partial_ttl: float = 24 * 3600.0  # a partial upload idle this long is removed
     retry_after: int = 1
+    token: str | None = None  # bearer token; None: no authentication (loopback use)
+    protect_metrics: bool = False
+    clock: Callable[[], float] = time.time  # wall clock, for expiry
 
 
 @dataclass(slots=True)
@@ -72,8 +84,14 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def make_app(store: UploadStore, config: ServerConfig | None = None) -> web.Application:
     state = ServerState(store, config or ServerConfig())
     _describe_metrics(state.metrics)
-    app = web.Application(middlewares=[_problems], client_max_size=MiB)
+    middlewares: list[Middleware] = [problems_middleware(state.metrics)]
+    if state.config.token is not None:
+        middlewares.append(
+            bearer_middleware(state.config.token, protect_metrics=state.config.protect_metrics)
+        )
+    app = web.Application(middlewares=middlewares, client_max_size=MiB)
     app[STATE] = state
+    app.cleanup_ctx.append(_sweeper)
     app.router.add_post("/uploads", create_upload)
     app.router.add_put("/uploads/{upload_id}", put_chunk)
     app.router.add_route("HEAD", "/uploads/{upload_id}", head_upload)
@@ -85,64 +103,36 @@ def make_app(store: UploadStore, config: ServerConfig | None = None) -> web.Appl
     return app
 
 
+async def _sweeper(app: web.Application) -> AsyncIterator[None]:
+    """Run the expiry sweep for the app's lifetime."""
+    state = app[STATE]
+    task = asyncio.create_task(
+        sweep_forever(
+            state.store,
+            state.locks,
+            state.metrics,
+            ttl=state.config.partial_ttl,
+            now=state.config.clock,
+        )
+    )
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 def _describe_metrics(m: Metrics) -> None:
     m.describe("transfer_uploads_active", "gauge", "PUT requests receiving a body now")
     m.describe("transfer_bytes_received_total", "counter", "Chunk bytes written and fsynced")
     m.describe("transfer_uploads_completed_total", "counter", "Uploads verified and published")
     m.describe("transfer_digest_mismatches_total", "counter", "Chunks or files refused")
     m.describe("transfer_request_duration_seconds", "histogram", "Request durations")
-
-
-@web.middleware
-async def _problems(request: web.Request, handler: Handler) -> web.StreamResponse:
-    state = request.app[STATE]
-    started = time.perf_counter()
-    try:
-        return await handler(request)
-    except ProtocolError as exc:
-        _count_mismatch(state, exc)
-        return problem_response(exc)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        code = exc.reason.lower().replace(" ", "_")
-        return problem_response(_Generic(exc.status, exc.reason, code, exc.text or exc.reason))
-    finally:
-        route = request.match_info.route.resource
-        name = route.canonical if route is not None else "unmatched"
-        state.metrics.observe(
-            "transfer_request_duration_seconds",
-            time.perf_counter() - started,
-            method=request.method,
-            route=name,
-        )
-
-
-class _Generic(ProtocolError):
-    def __init__(self, status: int, title: str, code: str, detail: str) -> None:
-        super().__init__(code, detail)
-        self.status, self.title = status, title
-
-
-def _count_mismatch(state: ServerState, exc: ProtocolError) -> None:
-    if isinstance(exc, DigestMismatch):
-        kind = "file" if exc.code.startswith("repr") else "chunk"
-        state.metrics.inc("transfer_digest_mismatches_total", kind=kind)
-        log.warning("digest.mismatch", kind=kind, code=exc.code, detail=exc.detail)
-
-
-def problem_response(exc: ProtocolError) -> web.Response:
-    return web.Response(
-        status=exc.status,
-        text=json.dumps(exc.problem()),
-        content_type=PROBLEM,
-        headers=exc.headers,
-    )
+    m.describe("transfer_uploads_expired_total", "counter", "Idle partial uploads removed")
 
 
 def _upload_id(request: web.Request) -> str:
     upload_id = protocol.validate_id(request.match_info["upload_id"])
-    request["upload_id"] = upload_id
+    request[UPLOAD_ID] = upload_id
     return upload_id
 
 
@@ -160,12 +150,15 @@ async def create_upload(request: web.Request) -> web.Response:
             "upload_too_large", f"uploads are limited to {state.config.max_upload} bytes"
         )
     upload_id = creation.upload_id or secrets.token_urlsafe(16)
-    request["upload_id"] = upload_id
+    request[UPLOAD_ID] = upload_id
     spec = UploadSpec(
         upload_id, creation.name, creation.size, creation.metadata, _repr_digest(request)
     )
     async with state.locks.hold(upload_id):
-        existed = await state.store.get(upload_id) is not None
+        existing = await state.store.get(upload_id)
+        existed = existing is not None
+        if existing is None and creation.size is not None:
+            _check_space(state, creation.size)
         info = await state.store.create(spec)
         if info.record is None and info.state.complete and info.state.offset > 0:
             # A crash after the last byte but before publication: finish it now, as a
@@ -173,7 +166,8 @@ async def create_upload(request: web.Request) -> web.Response:
             info = await _finalize(state, upload_id)
     if not existed:
         log.info("upload.created", upload_id=upload_id, size=creation.size, name=creation.name)
-    return web.json_response(_describe(info), headers={"Location": _location(request, upload_id)})
+    headers = {"Location": _location(request, upload_id), **_expiry(state, info)}
+    return web.json_response(_describe(info), headers=headers)
 
 
 async def _json_body(request: web.Request) -> object:
@@ -236,7 +230,7 @@ async def put_chunk(request: web.Request) -> web.Response:
             current = await state.store.get(upload_id)
             exc.headers.update(_range_headers(current.state.offset if current else 0))
             raise
-    return _completed(info) if info.record is not None else _incomplete(info)
+    return _completed(info) if info.record is not None else _incomplete(state, info)
 
 
 def _check_limits(config: ServerConfig, request: web.Request, rng: protocol.ContentRange) -> None:
@@ -264,6 +258,8 @@ def _check_limits(config: ServerConfig, request: web.Request, rng: protocol.Cont
 async def _create_from_put(
     state: ServerState, upload_id: str, rng: protocol.ContentRange
 ) -> UploadInfo:
+    if rng.total is not None:
+        _check_space(state, rng.total)
     info = await state.store.create(UploadSpec(upload_id, size=rng.total))
     log.info("upload.created", upload_id=upload_id, size=rng.total, via="put")
     return info
@@ -305,14 +301,15 @@ async def _receive(
     state.metrics.set("transfer_uploads_active", state.active)
     before = (await state.store.get(upload_id) or _missing(upload_id)).state.offset
     try:
-        body = _body(request, state.config.idle_timeout)
+        _check_space(state, plan.write)
+        body = _body(request, state.config.idle_timeout, state.config.min_rate)
         info = await state.store.write_chunk(upload_id, plan, body, content_digest)
     finally:
         state.active -= 1
         state.metrics.set("transfer_uploads_active", state.active)
         after = await state.store.get(upload_id)
         written = (after.state.offset if after else before) - before
-        request["bytes"] = written
+        request[BYTES] = written
         state.metrics.inc("transfer_bytes_received_total", written)
     return info
 
@@ -321,17 +318,36 @@ def _missing(upload_id: str) -> UploadInfo:
     raise NotFound("upload_not_found", f"no upload {upload_id}")
 
 
-async def _body(request: web.Request, idle: float) -> AsyncIterator[bytes]:
-    """The request body, each read bounded by the idle timeout."""
+def _check_space(state: ServerState, incoming: int) -> None:
+    """507 before a byte is written when the quota or the disk's reserve would be hit."""
+    store, config = state.store, state.config
+    if store.partial_bytes + incoming > config.max_partial:
+        raise InsufficientStorage(
+            "partial_quota_exceeded", f"partial uploads are limited to {config.max_partial} bytes"
+        )
+    if store.free_bytes() - incoming < config.reserve:
+        raise InsufficientStorage("insufficient_storage", "not enough disk space")
+
+
+async def _body(request: web.Request, idle: float, min_rate: int) -> AsyncIterator[bytes]:
+    """The request body. Each read is bounded by the idle timeout, and once that much
+    time has passed the body must average `min_rate` bytes/s: a client trickling a byte
+    at a time cannot hold an upload slot for ever."""
+    started, received = time.monotonic(), 0
     while True:
         try:
             async with asyncio.timeout(idle):
                 data = await request.content.readany()
         except TimeoutError as exc:
-            log.warning("upload.stalled", upload_id=request.get("upload_id"), idle=idle)
+            log.warning("upload.stalled", upload_id=request.get(UPLOAD_ID), idle=idle)
             raise RequestTimeout("body_stalled", f"no body bytes for {idle} s") from exc
         if not data:
             return
+        received += len(data)
+        elapsed = time.monotonic() - started
+        if elapsed > idle and received < min_rate * elapsed:
+            log.warning("upload.too_slow", upload_id=request.get(UPLOAD_ID), received=received)
+            raise RequestTimeout("body_too_slow", f"the body is slower than {min_rate} B/s")
         yield data
 
 
@@ -358,17 +374,25 @@ def _range_headers(offset: int) -> dict[str, str]:
     return {"Range": value} if value else {}
 
 
-def _incomplete(info: UploadInfo) -> web.Response:
-    headers = _range_headers(info.state.offset)
+def _incomplete(state: ServerState, info: UploadInfo) -> web.Response:
+    headers = {**_range_headers(info.state.offset), **_expiry(state, info)}
     headers["Cache-Control"] = "no-store"
     return web.json_response(_describe(info), status=308, headers=headers)
+
+
+def _expiry(state: ServerState, info: UploadInfo) -> dict[str, str]:
+    """`Upload-Expires` (an HTTP date) for a partial upload: idle past it, it is removed."""
+    modified = None if info.record else state.store.modified(info.spec.upload_id)
+    if modified is None:
+        return {}
+    return {"Upload-Expires": formatdate(modified + state.config.partial_ttl, usegmt=True)}
 
 
 def _completed(info: UploadInfo) -> web.Response:
     record = info.record
     assert record is not None
     return web.json_response(
-        record.to_json(),
+        _describe(info),
         headers={"Repr-Digest": integrity.format_digest_field(record.digests)},
     )
 
@@ -405,6 +429,7 @@ async def head_upload(request: web.Request) -> web.Response:
         headers["Upload-Length"] = str(info.state.total)
     if info.record is not None:
         headers["Repr-Digest"] = integrity.format_digest_field(info.record.digests)
+    headers.update(_expiry(request.app[STATE], info))
     return web.Response(status=200, headers=headers)
 
 
@@ -441,19 +466,6 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     text = request.app[STATE].metrics.render()
-    return web.Response(text=text, content_type="text/plain", headers={"X-Format": "0.0.4"})
-
-
-class AccessLogger(AbstractAccessLogger):
-    """aiohttp's access log, as one structured line per request."""
-
-    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        structlog.get_logger("transfer.access").info(
-            "request",
-            method=request.method,
-            path=request.path,
-            status=response.status,
-            upload_id=request.get("upload_id"),
-            bytes=request.get("bytes", 0),
-            duration_ms=round(time * 1000, 3),
-        )
+    return web.Response(
+        body=text.encode(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
+    )

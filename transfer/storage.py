@@ -28,6 +28,7 @@ import asyncio
 import errno
 import json
 import os
+import shutil
 from collections.abc import AsyncIterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -43,7 +44,7 @@ from transfer.errors import (
 )
 from transfer.fsutil import feed_file, fsync_dir, remove_tmp_files, write_all, write_atomic
 from transfer.integrity import Digests, MultiHasher
-from transfer.protocol import ChunkPlan, UploadState
+from transfer.protocol import ChunkPlan, UploadState, check_total
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +93,8 @@ class UploadInfo:
 class UploadStore(Protocol):
     """The seam between the HTTP layer and the disk. Callers serialize per upload id."""
 
+    partial_bytes: int  # bytes held by all partial uploads
+
     async def get(self, upload_id: str) -> UploadInfo | None: ...
     async def create(self, spec: UploadSpec) -> UploadInfo: ...
     async def declare(
@@ -107,6 +110,9 @@ class UploadStore(Protocol):
     async def finalize(self, upload_id: str) -> UploadInfo: ...
     async def delete(self, upload_id: str) -> None: ...
     def file_path(self, upload_id: str) -> Path: ...
+    def free_bytes(self) -> int: ...
+    def partials(self) -> list[tuple[str, float]]: ...
+    def modified(self, upload_id: str) -> float | None: ...
 
 
 class _Running:
@@ -126,6 +132,8 @@ class FileStore:
         self.files_dir = data_dir / "files"
         self._durable = durable
         self._cache: dict[str, UploadInfo] = {}
+        self._partial: dict[str, int] = {}  # offsets of incomplete uploads, for the quota
+        self.partial_bytes = 0
         self._running: dict[str, _Running] = {}
 
     def open(self) -> list[str]:
@@ -142,10 +150,41 @@ class FileStore:
                 recovered.append(doc["id"])
         if recovered:
             self._sync_dirs()
+        for part in self.uploads_dir.glob("*.part"):
+            self._partial[part.stem] = part.stat().st_size
+        self.partial_bytes = sum(self._partial.values())
         return recovered
 
     def file_path(self, upload_id: str) -> Path:
         return self.files_dir / upload_id
+
+    def _remember(self, info: UploadInfo) -> None:
+        """Cache `info` and keep the partial-bytes total in step with it."""
+        upload_id = info.spec.upload_id
+        self._cache[upload_id] = info
+        size = 0 if info.record is not None else info.state.offset
+        self.partial_bytes += size - self._partial.get(upload_id, 0)
+        self._partial[upload_id] = size
+
+    def free_bytes(self) -> int:
+        return shutil.disk_usage(self.uploads_dir).free
+
+    def partials(self) -> list[tuple[str, float]]:
+        """(id, last modification) of every partial upload on disk."""
+        result = []
+        for part in self.uploads_dir.glob("*.part"):
+            try:
+                result.append((part.stem, part.stat().st_mtime))
+            except FileNotFoundError:
+                continue  # completed or deleted meanwhile
+        return result
+
+    def modified(self, upload_id: str) -> float | None:
+        """When the upload last received bytes (or was created), None if not partial."""
+        try:
+            return self._part(upload_id).stat().st_mtime
+        except FileNotFoundError:
+            return None
 
     def _meta(self, upload_id: str) -> Path:
         return self.uploads_dir / f"{upload_id}.json"
@@ -161,7 +200,7 @@ class FileStore:
         except FileNotFoundError:
             return None
         info = self._load(doc)
-        self._cache[upload_id] = info
+        self._remember(info)
         return info
 
     def _load(self, doc: dict[str, Any]) -> UploadInfo:
@@ -169,7 +208,13 @@ class FileStore:
         if doc.get("complete"):
             record = _record_from_json(doc)
             return UploadInfo(spec, UploadState(record.size, record.size), record)
-        offset = self._part(spec.upload_id).stat().st_size
+        try:
+            offset = self._part(spec.upload_id).stat().st_size
+        except FileNotFoundError:
+            # Stores written before `create` made the .part first could crash between
+            # the two files; an upload with no bytes yet is exactly that.
+            self._part(spec.upload_id).touch()
+            offset = 0
         return UploadInfo(spec, UploadState(offset, spec.size))
 
     async def create(self, spec: UploadSpec) -> UploadInfo:
@@ -177,12 +222,14 @@ class FileStore:
         if existing is not None:
             _check_same(existing.spec, spec)
             return await self.declare(spec.upload_id, size=spec.size, repr_digest=spec.repr_digest)
-        self._save_spec(spec)
+        # The .part first: a crash between the two leaves an orphan .part (the id is still
+        # unknown and a new create truncates it), never a .json whose .part is missing.
         fd = os.open(self._part(spec.upload_id), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.close(fd)
+        self._save_spec(spec)
         await self._sync_dir_async()
         info = UploadInfo(spec, UploadState(0, spec.size))
-        self._cache[spec.upload_id] = info
+        self._remember(info)
         self._start_running(info)
         return info
 
@@ -192,7 +239,7 @@ class FileStore:
         """Record a total or a whole-file digest learned after creation."""
         info = await self._require(upload_id)
         spec = info.spec
-        new_size = size if size is not None else spec.size
+        new_size = check_total(info.state, size)  # Conflict before anything is saved
         new_digest = dict(repr_digest) if repr_digest else dict(spec.repr_digest)
         if new_size == spec.size and new_digest == dict(spec.repr_digest):
             return info
@@ -200,7 +247,7 @@ class FileStore:
         if info.record is None:
             await asyncio.to_thread(self._save_spec, spec)
         info = replace(info, spec=spec, state=UploadState(info.state.offset, new_size))
-        self._cache[upload_id] = info
+        self._remember(info)
         return info
 
     async def _require(self, upload_id: str) -> UploadInfo:
@@ -250,7 +297,7 @@ class FileStore:
         except BaseException:
             self._forget_running(upload_id, writer)
             kept = writer.settle(keep=writer.body_failed and not content_digest)
-            self._cache[upload_id] = replace(info, state=UploadState(kept, plan.total))
+            self._remember(replace(info, state=UploadState(kept, plan.total)))
             raise
         finally:
             writer.close()
@@ -264,7 +311,7 @@ class FileStore:
         state = UploadState(info.state.offset + written, plan.total)
         spec = info.spec if info.spec.size == plan.total else replace(info.spec, size=plan.total)
         new = replace(info, spec=spec, state=state)
-        self._cache[info.spec.upload_id] = new
+        self._remember(new)
         return new
 
     async def finalize(self, upload_id: str) -> UploadInfo:
@@ -281,7 +328,7 @@ class FileStore:
             integrity.verify(info.spec.repr_digest, digests, what="repr")
         except DigestMismatch:
             await asyncio.to_thread(self._reset, upload_id)
-            self._cache[upload_id] = replace(info, state=UploadState(0, info.spec.size))
+            self._remember(replace(info, state=UploadState(0, info.spec.size)))
             self._start_running(self._cache[upload_id])
             raise
         record = FileRecord(
@@ -290,7 +337,7 @@ class FileStore:
         await asyncio.to_thread(self._publish, info.spec, record)
         self._running.pop(upload_id, None)
         done = UploadInfo(info.spec, info.state, record)
-        self._cache[upload_id] = done
+        self._remember(done)
         return done
 
     async def _whole_digests(self, info: UploadInfo) -> dict[str, bytes]:
@@ -317,9 +364,11 @@ class FileStore:
 
     async def delete(self, upload_id: str) -> None:
         """Abort a partial upload: its bytes and parameters are removed."""
-        for path in (self._part(upload_id), self._meta(upload_id)):
+        # The .json first, for the same reason as in `create`.
+        for path in (self._meta(upload_id), self._part(upload_id)):
             path.unlink(missing_ok=True)
         self._cache.pop(upload_id, None)
+        self.partial_bytes -= self._partial.pop(upload_id, 0)
         self._running.pop(upload_id, None)
         await self._sync_dir_async()
 

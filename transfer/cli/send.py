@@ -9,28 +9,32 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import aiohttp
 import structlog
 from aiohttp import web
 
 from transfer import status
+from transfer.cli.serve import TOKEN_ENV
 from transfer.client import Corruptor, UploadClient
 from transfer.errors import ConfigError, TransferError
 from transfer.generator import GeneratorConfig
 from transfer.journal import FileJournal, FileState, JournalEntry
 from transfer.retry import RetryPolicy
 from transfer.sender import Sender, SenderConfig, prepare_journal
+from transfer.tls import client_context
 from transfer.uploader import Uploader
 
 log = structlog.get_logger("transfer.send")
 KiB = 1024
-Sub: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+# Any: the subparsers are the CLI's own ArgumentParser subclass.
+Sub: TypeAlias = "argparse._SubParsersAction[Any]"
 
 
 def add_parsers(
@@ -42,6 +46,7 @@ def add_parsers(
     p = sub.add_parser("send", help="generate (or take) files and upload them")
     p.add_argument("paths", nargs="*", type=Path, help="send these files/directories instead")
     p.add_argument("--server", required=True, help="e.g. http://127.0.0.1:8000")
+    _add_connection(p)
     p.add_argument("--spool-dir", type=Path, required=True)
     p.add_argument("--count", type=int, default=100)
     p.add_argument("--min-size", type=size, default="1KiB")
@@ -69,8 +74,14 @@ def add_parsers(
     p = sub.add_parser("verify", help="check every journaled file against the server")
     p.add_argument("--spool-dir", type=Path, required=True)
     p.add_argument("--server", required=True)
+    _add_connection(p)
     add_logging(p)
     p.set_defaults(run=run_verify)
+
+
+def _add_connection(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--token", default=None, help=f"bearer token (or ${TOKEN_ENV})")
+    p.add_argument("--ca-file", type=Path, help="trust this CA (PEM) for an https server")
 
 
 def _check_send_args(args: argparse.Namespace) -> None:
@@ -107,9 +118,12 @@ def run_send(args: argparse.Namespace) -> int:
     return asyncio.run(_send(args, config))
 
 
-def _session(concurrency: int) -> aiohttp.ClientSession:
+def _session(args: argparse.Namespace, concurrency: int) -> aiohttp.ClientSession:
+    token = args.token if args.token is not None else os.environ.get(TOKEN_ENV) or None
+    context = client_context(args.ca_file) if args.server.startswith("https://") else None
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=concurrency * 2),
+        headers={"Authorization": f"Bearer {token}"} if token else None,
+        connector=aiohttp.TCPConnector(limit=concurrency * 2, ssl=context or True),
         timeout=aiohttp.ClientTimeout(total=None, connect=10, sock_read=60),
     )
 
@@ -117,7 +131,7 @@ def _session(concurrency: int) -> aiohttp.ClientSession:
 async def _send(args: argparse.Namespace, config: SenderConfig) -> int:
     with FileJournal.open(config.spool_dir) as journal:
         seed = await prepare_journal(journal, args.seed)
-        async with _session(config.concurrency) as session:
+        async with _session(args, config.concurrency) as session:
             corruptor = Corruptor(args.inject_corruption, seed) if args.inject_corruption else None
             client = UploadClient(session, args.server, corruptor=corruptor)
             uploader = Uploader(client, args.chunk_size, RetryPolicy(timeout=args.retry_timeout))
@@ -143,7 +157,9 @@ async def _start_status(sender: Sender, host: str, port: int, server: str) -> we
         await runner.cleanup()
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
     url = f"http://{host}:{runner.addresses[0][1]}"
-    log.info("sender.started", status_url=url, server=server, spool_dir=str(sender.config.spool_dir))
+    log.info(
+        "sender.started", status_url=url, server=server, spool_dir=str(sender.config.spool_dir)
+    )
     return runner
 
 
@@ -203,7 +219,7 @@ def _entry_json(entry: JournalEntry) -> dict[str, object]:
 def run_verify(args: argparse.Namespace) -> int:
     with FileJournal.open(args.spool_dir) as journal:
         entries = journal.entries()
-    problems = asyncio.run(_verify(entries, args.server))
+    problems = asyncio.run(_verify(entries, args))
     for line in problems:
         print(line)
     print(
@@ -213,10 +229,10 @@ def run_verify(args: argparse.Namespace) -> int:
     return 0 if not problems else 1
 
 
-async def _verify(entries: list[JournalEntry], server: str) -> list[str]:
+async def _verify(entries: list[JournalEntry], args: argparse.Namespace) -> list[str]:
     problems: list[str] = []
-    async with _session(4) as session:
-        client = UploadClient(session, server)
+    async with _session(args, 4) as session:
+        client = UploadClient(session, args.server)
         for entry in entries:
             try:
                 progress = await client.record(entry.file_id)

@@ -1,0 +1,140 @@
+"""`transfer serve`: flags, TLS, signals; the app itself is `transfer.server`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import ssl
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeAlias
+
+import structlog
+from aiohttp import web
+
+from transfer.errors import ConfigError
+from transfer.middleware import AccessLogger
+from transfer.server import ServerConfig, make_app
+from transfer.storage import FileStore
+from transfer.tls import server_context
+
+log = structlog.get_logger("transfer.serve")
+# Any: the subparsers are the CLI's own ArgumentParser subclass.
+Sub: TypeAlias = "argparse._SubParsersAction[Any]"
+TOKEN_ENV = "TRANSFER_TOKEN"
+
+
+def add_parser(
+    sub: Sub,
+    size: Callable[[str], int],
+    duration: Callable[[str], float],
+    add_logging: Callable[[argparse.ArgumentParser], None],
+) -> None:
+    p = sub.add_parser("serve", help="receive uploads (the server)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    p.add_argument("--data-dir", type=Path, required=True)
+    p.add_argument("--max-chunk", type=size, default="64MiB", help="largest chunk body")
+    p.add_argument("--max-upload", type=size, default="64GiB", help="largest upload")
+    p.add_argument("--idle-timeout", type=duration, default="30s", help="per-read body timeout")
+    p.add_argument("--min-rate", type=size, default="1KiB", help="slowest body, bytes/s")
+    p.add_argument("--max-active", type=int, default=64, help="most uploads receiving at once")
+    p.add_argument("--max-partial", type=size, default="256GiB", help="all partial bytes")
+    p.add_argument("--reserve", type=size, default="256MiB", help="disk space kept free")
+    p.add_argument("--partial-ttl", type=duration, default="24h", help="idle partials expire")
+    p.add_argument(
+        "--fsync",
+        choices=("always", "never"),
+        default="always",
+        help="'never' skips fsync: faster, and UNSAFE (a crash can lose acknowledged bytes)",
+    )
+    p.add_argument("--token", default=None, help=f"bearer token (or ${TOKEN_ENV})")
+    p.add_argument("--protect-metrics", action="store_true", help="/metrics needs the token")
+    p.add_argument("--tls-cert", type=Path, help="PEM certificate chain (with --tls-key)")
+    p.add_argument("--tls-key", type=Path, help="PEM private key")
+    add_logging(p)
+    p.set_defaults(run=run)
+
+
+def _config(args: argparse.Namespace) -> ServerConfig:
+    if args.max_active < 1:
+        raise ConfigError("--max-active must be at least 1")
+    if not 0 <= args.port <= 65535:
+        raise ConfigError("--port must be 0-65535")
+    if args.idle_timeout <= 0 or args.partial_ttl <= 0:
+        raise ConfigError("--idle-timeout and --partial-ttl must be positive")
+    token = args.token if args.token is not None else os.environ.get(TOKEN_ENV) or None
+    if token is not None and len(token) < 16:
+        raise ConfigError("the token must be at least 16 characters")
+    return ServerConfig(
+        max_chunk=args.max_chunk,
+        max_upload=args.max_upload,
+        idle_timeout=args.idle_timeout,
+        min_rate=args.min_rate,
+        max_active=args.max_active,
+        max_partial=args.max_partial,
+        reserve=args.reserve,
+        partial_ttl=args.partial_ttl,
+        token=token,
+        protect_metrics=args.protect_metrics,
+    )
+
+
+def _tls(args: argparse.Namespace) -> ssl.SSLContext | None:
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ConfigError("--tls-cert and --tls-key go together")
+    if args.tls_cert is None:
+        return None
+    return server_context(args.tls_cert, args.tls_key)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = _config(args)
+    context = _tls(args)
+    store = FileStore(args.data_dir, durable=args.fsync == "always")
+    asyncio.run(_serve(store, config, args.host, args.port, context))
+    return 0
+
+
+async def _serve(
+    store: FileStore,
+    config: ServerConfig,
+    host: str,
+    port: int,
+    context: ssl.SSLContext | None,
+) -> None:
+    try:
+        recovered = store.open()
+    except OSError as exc:
+        raise ConfigError(f"cannot use data dir {store.files_dir.parent}: {exc}") from exc
+    runner = web.AppRunner(make_app(store, config), access_log_class=AccessLogger)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, shutdown_timeout=10.0, ssl_context=context)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+    scheme = "https" if context else "http"
+    url = f"{scheme}://{host}:{runner.addresses[0][1]}"
+    log.info(
+        "server.started",
+        url=url,
+        data_dir=str(store.files_dir.parent),
+        recovered=recovered,
+        auth=config.token is not None,
+    )
+    await _until_signalled()
+    log.info("server.stopping")
+    await runner.cleanup()
+    log.info("server.stopped")
+
+
+async def _until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()

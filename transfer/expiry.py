@@ -1,0 +1,61 @@
+"""Removing abandoned partial uploads.
+
+A partial upload whose `.part` file has not changed for `partial_ttl` seconds is deleted
+by a background sweep (every `min(ttl / 4, 60 s)`), under the upload's lock and after a
+second look, so an upload that is receiving bytes is never removed. Its id then answers
+404, like one that never existed. Completed files are never touched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import structlog
+
+from transfer.locks import KeyedLocks
+from transfer.metrics import Metrics
+from transfer.storage import UploadStore
+
+log = structlog.get_logger("transfer.expiry")
+
+
+async def sweep_once(
+    store: UploadStore,
+    locks: KeyedLocks,
+    metrics: Metrics,
+    *,
+    ttl: float,
+    now: Callable[[], float],
+) -> list[str]:
+    """Delete every partial upload idle longer than `ttl`; returns their ids."""
+    removed = []
+    for upload_id, modified in store.partials():
+        if now() - modified <= ttl:
+            continue
+        async with locks.hold(upload_id):
+            modified_now = store.modified(upload_id)
+            if modified_now is None or now() - modified_now <= ttl:
+                continue  # completed, deleted or written to meanwhile
+            info = await store.get(upload_id)
+            if info is None or info.record is not None:
+                continue
+            await store.delete(upload_id)
+        removed.append(upload_id)
+        metrics.inc("transfer_uploads_expired_total")
+        log.info("upload.expired", upload_id=upload_id, offset=info.state.offset, idle_s=ttl)
+    return removed
+
+
+async def sweep_forever(
+    store: UploadStore,
+    locks: KeyedLocks,
+    metrics: Metrics,
+    *,
+    ttl: float,
+    now: Callable[[], float],
+) -> None:
+    interval = min(ttl / 4, 60.0)
+    while True:
+        await asyncio.sleep(interval)
+        await sweep_once(store, locks, metrics, ttl=ttl, now=now)

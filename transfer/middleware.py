@@ -1,0 +1,111 @@
+"""Cross-cutting HTTP concerns of the server: problem+json rendering, request timing,
+and aiohttp's access log as one structured line per request.
+
+Invariants:
+- Every refusal leaves as `application/problem+json` with a stable `code`: our
+  `ProtocolError`s, aiohttp's own HTTP errors (404 for unknown routes, 405 with `Allow`,
+  413 for an oversized JSON body) and, as a last resort, bugs (500 `internal_error`,
+  logged whole, nothing internal in the answer).
+- `asyncio.CancelledError` is never caught (it is not an `Exception`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable
+
+import structlog
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.typedefs import Middleware
+
+from transfer.errors import DigestMismatch, ProtocolError
+from transfer.metrics import Metrics
+
+log = structlog.get_logger("transfer.server")
+
+PROBLEM = "application/problem+json"
+UPLOAD_ID = web.RequestKey("upload_id", str)
+BYTES = web.RequestKey("bytes", int)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class _Generic(ProtocolError):
+    """A refusal that did not come from our code (aiohttp's, or a bug)."""
+
+    def __init__(self, status: int, title: str, code: str, detail: str) -> None:
+        super().__init__(code, detail)
+        self.status, self.title = status, title
+
+
+def problem_response(exc: ProtocolError) -> web.Response:
+    return web.Response(
+        status=exc.status,
+        text=json.dumps(exc.problem()),
+        content_type=PROBLEM,
+        headers=exc.headers,
+    )
+
+
+def problems_middleware(metrics: Metrics) -> Middleware:
+    """Render refusals as problem+json; time every request into `metrics`."""
+
+    @web.middleware
+    async def problems(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        try:
+            return await _answer(request, handler, metrics)
+        finally:
+            route = request.match_info.route.resource
+            metrics.observe(
+                "transfer_request_duration_seconds",
+                time.perf_counter() - started,
+                method=request.method,
+                route=route.canonical if route is not None else "unmatched",
+            )
+
+    return problems
+
+
+async def _answer(request: web.Request, handler: Handler, metrics: Metrics) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ProtocolError as exc:
+        _count_mismatch(metrics, exc)
+        return problem_response(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = exc.reason.lower().replace(" ", "_")
+        generic = _Generic(exc.status, exc.reason, code, exc.text or exc.reason)
+        if "Allow" in exc.headers:
+            generic.headers["Allow"] = exc.headers["Allow"]
+        return problem_response(generic)
+    except Exception:
+        log.exception("request.crashed", method=request.method, path=request.path)
+        return problem_response(
+            _Generic(500, "Internal Server Error", "internal_error", "the server hit a bug")
+        )
+
+
+def _count_mismatch(metrics: Metrics, exc: ProtocolError) -> None:
+    if isinstance(exc, DigestMismatch):
+        kind = "file" if exc.code.startswith("repr") else "chunk"
+        metrics.inc("transfer_digest_mismatches_total", kind=kind)
+        log.warning("digest.mismatch", kind=kind, code=exc.code, detail=exc.detail)
+
+
+class AccessLogger(AbstractAccessLogger):
+    """aiohttp's access log, as one structured line per request."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        structlog.get_logger("transfer.access").info(
+            "request",
+            method=request.method,
+            path=request.path,
+            status=response.status,
+            upload_id=request.get(UPLOAD_ID),
+            bytes=request.get(BYTES, 0),
+            duration_ms=round(time * 1000, 3),
+        )
