@@ -24,17 +24,23 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` durably and atomically."""
+def write_atomic(path: Path, data: bytes, *, sync: bool = True, sync_dir: bool = True) -> None:
+    """Replace `path` with `data` atomically; durably unless `sync` is False.
+
+    `sync_dir=False` leaves the directory fsync to a caller that renames more entries
+    in the same directory and syncs it once afterwards.
+    """
     tmp = path.with_name(path.name + TMP_SUFFIX)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         write_all(fd, data)
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)
-    fsync_dir(path.parent)
+    if sync and sync_dir:
+        fsync_dir(path.parent)
 
 
 def write_all(fd: int, data: bytes | memoryview) -> None:

@@ -25,7 +25,6 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import errno
 import json
 import os
 import shutil
@@ -35,14 +34,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from transfer import integrity
+from transfer.chunkwriter import ChunkWriter
 from transfer.errors import (
-    BadRequest,
     Conflict,
     DigestMismatch,
-    InsufficientStorage,
-    StorageFailure,
 )
-from transfer.fsutil import feed_file, fsync_dir, remove_tmp_files, write_all, write_atomic
+from transfer.fsutil import feed_file, fsync_dir, remove_tmp_files, write_atomic
 from transfer.integrity import Digests, MultiHasher
 from transfer.protocol import ChunkPlan, UploadState, check_total
 
@@ -122,6 +119,10 @@ class _Running:
         self.algorithms = algorithms
         self.hasher = MultiHasher(algorithms)
         self.position = 0
+
+    def feed(self, data: bytes) -> None:
+        self.hasher.update(data)
+        self.position += len(data)
 
 
 class FileStore:
@@ -222,12 +223,7 @@ class FileStore:
         if existing is not None:
             _check_same(existing.spec, spec)
             return await self.declare(spec.upload_id, size=spec.size, repr_digest=spec.repr_digest)
-        # The .part first: a crash between the two leaves an orphan .part (the id is still
-        # unknown and a new create truncates it), never a .json whose .part is missing.
-        fd = os.open(self._part(spec.upload_id), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        os.close(fd)
-        self._save_spec(spec)
-        await self._sync_dir_async()
+        await asyncio.to_thread(self._create_files, spec)
         info = UploadInfo(spec, UploadState(0, spec.size))
         self._remember(info)
         self._start_running(info)
@@ -256,11 +252,26 @@ class FileStore:
             raise KeyError(upload_id)
         return info
 
-    def _save_spec(self, spec: UploadSpec, record: FileRecord | None = None) -> None:
+    def _create_files(self, spec: UploadSpec) -> None:
+        # The .part first: a crash between the two leaves an orphan .part (the id is still
+        # unknown and a new create truncates it), never a .json whose .part is missing.
+        # The one directory fsync inside `_save_spec` makes both entries durable.
+        fd = os.open(self._part(spec.upload_id), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.close(fd)
+        self._save_spec(spec)
+
+    def _save_spec(
+        self, spec: UploadSpec, record: FileRecord | None = None, *, sync_dir: bool = True
+    ) -> None:
         doc = _spec_to_json(spec)
         if record is not None:
             doc.update(complete=True, size=record.size, digests=integrity.to_hex(record.digests))
-        write_atomic(self._meta(spec.upload_id), json.dumps(doc).encode())
+        write_atomic(
+            self._meta(spec.upload_id),
+            json.dumps(doc).encode(),
+            sync=self._durable,
+            sync_dir=sync_dir,
+        )
 
     def _start_running(self, info: UploadInfo) -> None:
         algorithms = sorted({integrity.PREFERRED, *info.spec.repr_digest})
@@ -285,25 +296,26 @@ class FileStore:
             received bytes as the module docstring says.
         """
         info = await self._require(upload_id)
-        writer = _ChunkWriter(self._part(upload_id), info.state.offset, plan, content_digest)
+        writer = ChunkWriter(
+            self._part(upload_id), info.state.offset, plan, content_digest, durable=self._durable
+        )
         running = self._running.get(upload_id)
         if running is not None and running.position != info.state.offset:
             running = None
         try:
-            await writer.consume(body, running)
-            await writer.check()
-            if self._durable:
-                await asyncio.to_thread(writer.sync)
+            await writer.consume(body, running.feed if running else None)
+            writer.check()
+            await writer.sync()
         except BaseException:
             self._forget_running(upload_id, writer)
-            kept = writer.settle(keep=writer.body_failed and not content_digest)
+            kept = await writer.settle(keep=writer.body_failed and not content_digest)
             self._remember(replace(info, state=UploadState(kept, plan.total)))
             raise
         finally:
-            writer.close()
+            await writer.close()
         return self._advanced(info, plan, writer.written)
 
-    def _forget_running(self, upload_id: str, writer: _ChunkWriter) -> None:
+    def _forget_running(self, upload_id: str, writer: ChunkWriter) -> None:
         if writer.written:
             self._running.pop(upload_id, None)
 
@@ -334,7 +346,7 @@ class FileStore:
         record = FileRecord(
             upload_id, info.spec.name, info.state.offset, info.spec.metadata, digests
         )
-        await asyncio.to_thread(self._publish, info.spec, record)
+        await self._publish(info.spec, record)
         self._running.pop(upload_id, None)
         done = UploadInfo(info.spec, info.state, record)
         self._remember(done)
@@ -357,10 +369,18 @@ class FileStore:
         finally:
             os.close(fd)
 
-    def _publish(self, spec: UploadSpec, record: FileRecord) -> None:
-        self._save_spec(spec, record)
+    async def _publish(self, spec: UploadSpec, record: FileRecord) -> None:
+        """Record first, then the rename; one fsync per directory, both at once."""
+        await asyncio.to_thread(self._rename_published, spec, record)
+        if self._durable:
+            await asyncio.gather(
+                asyncio.to_thread(fsync_dir, self.uploads_dir),
+                asyncio.to_thread(fsync_dir, self.files_dir),
+            )
+
+    def _rename_published(self, spec: UploadSpec, record: FileRecord) -> None:
+        self._save_spec(spec, record, sync_dir=False)
         os.replace(self._part(spec.upload_id), self.file_path(spec.upload_id))
-        self._sync_dirs()
 
     async def delete(self, upload_id: str) -> None:
         """Abort a partial upload: its bytes and parameters are removed."""
@@ -380,79 +400,6 @@ class FileStore:
     async def _sync_dir_async(self) -> None:
         if self._durable:
             await asyncio.to_thread(fsync_dir, self.uploads_dir)
-
-
-class _ChunkWriter:
-    """One chunk's trip to disk: skip the stored prefix, hash everything, write the rest."""
-
-    def __init__(self, path: Path, offset: int, plan: ChunkPlan, digest: Digests) -> None:
-        self.offset = offset
-        self.plan = plan
-        self.expected = digest
-        self.hasher = MultiHasher(digest)
-        self.received = 0
-        self.written = 0
-        self.body_failed = False
-        self.fd = os.open(path, os.O_WRONLY)
-        os.lseek(self.fd, offset, os.SEEK_SET)
-
-    async def consume(self, body: AsyncIterable[bytes], running: _Running | None) -> None:
-        length = self.plan.skip + self.plan.write
-        chunks = aiter(body)
-        while True:
-            try:
-                data = await anext(chunks)
-            except StopAsyncIteration:
-                return
-            except BaseException:
-                self.body_failed = True
-                raise
-            if self.received + len(data) > length:
-                raise BadRequest("body_too_long", f"body is longer than the range's {length}")
-            self.hasher.update(data)
-            fresh = data[max(0, self.plan.skip - self.received) :]
-            self.received += len(data)
-            if fresh:
-                self._write(fresh)
-                if running is not None:
-                    running.hasher.update(fresh)
-                    running.position += len(fresh)
-
-    def _write(self, data: bytes) -> None:
-        try:
-            write_all(self.fd, data)
-        except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise InsufficientStorage("insufficient_storage", "the disk is full") from exc
-            raise StorageFailure("storage_error", f"write failed: {exc.strerror}") from exc
-        self.written += len(data)
-
-    async def check(self) -> None:
-        length = self.plan.skip + self.plan.write
-        if self.received != length:
-            raise BadRequest("body_too_short", f"body has {self.received} of {length} bytes")
-        integrity.verify(self.expected, self.hasher.digests(), what="chunk")
-
-    def sync(self) -> None:
-        try:
-            os.fsync(self.fd)
-        except OSError as exc:
-            raise StorageFailure("storage_error", f"fsync failed: {exc.strerror}") from exc
-
-    def settle(self, *, keep: bool) -> int:
-        """After a failure: keep what arrived (durably) or cut back; returns the offset."""
-        if keep and self.written:
-            try:
-                os.fsync(self.fd)
-                return self.offset + self.written
-            except OSError:
-                pass  # an unsynced tail cannot be trusted: cut it off below
-        os.ftruncate(self.fd, self.offset)
-        self.written = 0
-        return self.offset
-
-    def close(self) -> None:
-        os.close(self.fd)
 
 
 def _hash_file(path: Path, algorithms: set[str]) -> dict[str, bytes]:

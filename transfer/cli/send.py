@@ -55,7 +55,12 @@ def add_parsers(
     p.add_argument("--max-interval", type=duration, default="1s")
     p.add_argument("--max-duration", type=duration, default=None, help="bound generation time")
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--chunk-size", type=size, default="256KiB", help="a multiple of 256KiB")
+    p.add_argument(
+        "--chunk-size",
+        type=lambda text: None if text == "auto" else size(text),
+        default="auto",
+        help="a multiple of 256KiB, or auto (whole file up to 8MiB, else 8MiB chunks)",
+    )
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--retry-timeout", type=duration, default="300s")
     p.add_argument("--status-port", type=int, default=0, help="0 picks a free port")
@@ -85,7 +90,7 @@ def _add_connection(p: argparse.ArgumentParser) -> None:
 
 
 def _check_send_args(args: argparse.Namespace) -> None:
-    if args.chunk_size <= 0 or args.chunk_size % (256 * KiB):
+    if args.chunk_size is not None and (args.chunk_size <= 0 or args.chunk_size % (256 * KiB)):
         raise ConfigError("--chunk-size must be a positive multiple of 256KiB")
     if args.concurrency < 1:
         raise ConfigError("--concurrency must be at least 1")
