@@ -65,7 +65,7 @@ from transfer.units import parse_duration
 HOST = "127.0.0.1"
 POLL = 0.002  # seconds between two looks at logs and the uploads directory
 START_DEADLINE = 20.0  # for a child to announce itself
-STOP_DEADLINE = 15.0
+STOP_DEADLINE = 25.0  # a stalled body keeps aiohttp lingering up to 10 s after its 408
 Event = dict[str, Any]
 Probe = Callable[[], str | None]
 
