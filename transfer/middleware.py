@@ -29,6 +29,10 @@ PROBLEM = "application/problem+json"
 UPLOAD_ID = web.RequestKey("upload_id", str)
 BYTES = web.RequestKey("bytes", int)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# Methods timed under their own name; any other is "other". aiohttp's pure-Python parser
+# accepts any token as a method, so a label taken from the request would let a client add
+# a histogram series (memory, and /metrics lines) per made-up method.
+_TIMED_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 
 
 class _Generic(ProtocolError):
@@ -61,7 +65,7 @@ def problems_middleware(metrics: Metrics) -> Middleware:
             metrics.observe(
                 "transfer_request_duration_seconds",
                 time.perf_counter() - started,
-                method=request.method,
+                method=request.method if request.method in _TIMED_METHODS else "other",
                 route=route.canonical if route is not None else "unmatched",
             )
 
