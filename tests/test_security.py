@@ -540,6 +540,71 @@ async def test_the_partial_quota_holds_and_is_freed_by_completion_and_deletion(
     assert (served.files_dir / "a").read_bytes() == b"a" * 600
 
 
+async def _start_chunk(port: int, upload_id: str, data: bytes) -> Held:
+    """A PUT of `data` to a new upload whose body has begun (one byte) but not ended."""
+    reader, writer = await asyncio.open_connection(HOST, port)
+    head = (
+        f"PUT /uploads/{upload_id} HTTP/1.1\r\nHost: {HOST}:{port}\r\n"
+        f"Content-Range: {content_range(0, data, None)}\r\nContent-Length: {len(data)}\r\n\r\n"
+    )
+    writer.write(head.encode() + data[:1])
+    await writer.drain()
+    return Held(writer, asyncio.create_task(_read_answer(reader)), data[1:])
+
+
+@dataclass
+class Held:
+    """A request whose body is held back: `finish()` sends the rest and reads the answer."""
+
+    writer: asyncio.StreamWriter
+    answer: asyncio.Task[Answer]
+    rest: bytes
+
+    async def finish(self) -> Answer:
+        try:
+            if not self.answer.done():
+                self.writer.write(self.rest)
+                await self.writer.drain()
+            async with asyncio.timeout(10):
+                return await self.answer
+        finally:
+            self.writer.close()
+
+
+async def _race_two_chunks(client: Client, port: int) -> list[tuple[int, str | None]]:
+    """Two 600-byte chunks received at once: the first is held mid-body while the
+    second is checked against the limits."""
+    state = client.app[STATE]
+    first = await _start_chunk(port, "p1", b"1" * 600)
+    await _poll(lambda: state.active == 1, "the first chunk to be receiving")
+    second = await _start_chunk(port, "p2", b"2" * 600)
+    await _poll(lambda: state.active == 2 or second.answer.done(), "the second chunk")
+    answers = [await first.finish(), await second.finish()]
+    return [(a.status, a.code) for a in answers]
+
+
+async def test_concurrent_chunks_cannot_overdraw_the_partial_quota(
+    make_served: MakeServed,
+) -> None:
+    served = await make_served(max_partial=1000, idle_timeout=5.0)
+    answers = await _race_two_chunks(served.client, served.port)
+    assert answers == [(308, None), (507, "partial_quota_exceeded")]
+    assert served.client.app[STATE].store.partial_bytes == 600
+
+
+async def test_concurrent_chunks_cannot_overdraw_the_disk_reserve(
+    aiohttp_client: AiohttpClient, tmp_path: Path
+) -> None:
+    store = TightStore(tmp_path)
+    store.free = MiB + 1000  # 1000 bytes above the reserve
+    store.open()
+    config = ServerConfig(reserve=MiB, idle_timeout=5.0)
+    client = await aiohttp_client(make_app(store, config), server_kwargs={"host": HOST})
+    assert client.port is not None
+    answers = await _race_two_chunks(client, client.port)
+    assert answers == [(308, None), (507, "insufficient_storage")]
+
+
 # --- HTTP limits ---------------------------------------------------------------------
 
 

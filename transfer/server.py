@@ -75,6 +75,11 @@ class ServerState:
     metrics: Metrics = field(default_factory=Metrics)
     locks: KeyedLocks = field(default_factory=KeyedLocks)
     active: int = 0
+    # Bytes of the chunks being received now, counted against the quota and the reserve
+    # until the chunk ends: otherwise concurrent chunks each pass the check against the
+    # same free space (overdrawn by up to max_active * max_chunk). Conservative: bytes of
+    # a chunk already on disk count twice against the reserve until it ends.
+    claimed: int = 0
 
 
 STATE = web.AppKey("state", ServerState)
@@ -300,11 +305,15 @@ async def _receive(
     state.active += 1
     state.metrics.set("transfer_uploads_active", state.active)
     before = (await state.store.get(upload_id) or _missing(upload_id)).state.offset
+    claimed = 0
     try:
         _check_space(state, plan.write)
+        claimed = plan.write
+        state.claimed += claimed
         body = _body(request, state.config.idle_timeout, state.config.min_rate)
         info = await state.store.write_chunk(upload_id, plan, body, content_digest)
     finally:
+        state.claimed -= claimed
         state.active -= 1
         state.metrics.set("transfer_uploads_active", state.active)
         after = await state.store.get(upload_id)
@@ -321,6 +330,7 @@ def _missing(upload_id: str) -> UploadInfo:
 def _check_space(state: ServerState, incoming: int) -> None:
     """507 before a byte is written when the quota or the disk's reserve would be hit."""
     store, config = state.store, state.config
+    incoming += state.claimed
     if store.partial_bytes + incoming > config.max_partial:
         raise InsufficientStorage(
             "partial_quota_exceeded", f"partial uploads are limited to {config.max_partial} bytes"
