@@ -3,15 +3,18 @@ stored bytes, a store left half-created by a crash, and bearer-token authenticat
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
 import pytest
+import xxhash
 from aiohttp import web
-from conftest import HOST, MakeServed, Served, content_range
+from conftest import HOST, MakeServed, Served, content_range, digest_field
 from pytest_aiohttp import AiohttpClient
 
 from transfer.auth import token_matches
+from transfer.protocol import format_upload_metadata
 from transfer.server import ServerConfig, make_app
 from transfer.storage import FileStore, UploadInfo
 
@@ -156,3 +159,53 @@ async def test_metrics_can_be_protected(aiohttp_client: AiohttpClient, tmp_path:
     assert (await client.get("/healthz")).status == 200
     ok = await client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
     assert ok.status == 200
+
+
+# --- creating an upload with its first PUT ------------------------------------------
+
+
+async def test_a_first_put_with_upload_metadata_creates_the_upload_in_full(
+    served: Served,
+) -> None:
+    data = b"int16 samples!"
+    headers = {
+        "Content-Range": content_range(0, data, len(data)),
+        "Upload-Metadata": format_upload_metadata("a.bin", {"dtype": "int16"}),
+        "Repr-Digest": digest_field(data),
+    }
+    resp = await served.client.put("/uploads/u9", data=data, headers=headers)
+
+    assert resp.status == 200
+    record = await resp.json()
+    assert record["name"] == "a.bin"
+    assert record["metadata"] == {"dtype": "int16"}
+    assert record["digests"]["xxh3-128"] == xxhash.xxh3_128_hexdigest(data)
+    assert "md5Hash" not in record  # a declared digest spares the MD5 pass
+    assert (served.data_dir / "files" / "u9").read_bytes() == data
+
+
+async def test_a_wrong_repr_digest_on_a_creating_put_publishes_nothing(served: Served) -> None:
+    data = b"payload"
+    headers = {
+        "Content-Range": content_range(0, data, len(data)),
+        "Upload-Metadata": format_upload_metadata("a.bin", {}),
+        "Repr-Digest": digest_field(b"something else"),
+    }
+    resp = await served.client.put("/uploads/u8", data=data, headers=headers)
+    assert resp.status == 400
+    assert (await resp.json())["code"] == "repr_digest_mismatch"
+    assert not (served.data_dir / "files" / "u8").exists()
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["name", "name !!!", "na me " + base64.b64encode(b"x").decode(), "name //8=", "a YQ==,a YQ=="],
+)
+async def test_bad_upload_metadata_is_refused_and_creates_nothing(
+    served: Served, value: str
+) -> None:
+    headers = {"Content-Range": "bytes 0-0/1", "Upload-Metadata": value}
+    resp = await served.client.put("/uploads/u7", data=b"x", headers=headers)
+    assert resp.status == 400
+    assert (await resp.json())["code"] == "invalid_metadata"
+    assert (await served.client.head("/uploads/u7")).status == 404

@@ -47,6 +47,21 @@ class Progress:
         return value if isinstance(value, str) else None
 
 
+@dataclass(frozen=True, slots=True)
+class Announce:
+    """What a creating PUT says about its upload: `Upload-Metadata` and `Repr-Digest`."""
+
+    name: str
+    metadata: Mapping[str, str]
+    digest: bytes
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "Upload-Metadata": protocol.format_upload_metadata(self.name, dict(self.metadata)),
+            "Repr-Digest": integrity.format_digest_field({integrity.PREFERRED: self.digest}),
+        }
+
+
 class Corruptor:
     """Flips one bit in a chunk with probability `rate` (seeded): the chaos demo."""
 
@@ -93,8 +108,11 @@ class UploadClient:
         headers = {"Content-Range": "bytes */*"}
         return await self._send("PUT", self.upload_url(file_id), headers=headers, query=True)
 
-    async def put_chunk(self, file_id: str, start: int, data: bytes, total: int) -> Progress:
-        """Send `data` as bytes start..start+len-1 of a `total`-byte file."""
+    async def put_chunk(
+        self, file_id: str, start: int, data: bytes, total: int, *, announce: Announce | None = None
+    ) -> Progress:
+        """Send `data` as bytes start..start+len-1 of a `total`-byte file. With `announce`,
+        the PUT also creates the upload if the server does not know it (no POST needed)."""
         rng = protocol.ChunkRange(start, start + len(data) - 1, total)
         headers = {
             "Content-Range": protocol.format_content_range(rng),
@@ -102,13 +120,14 @@ class UploadClient:
                 {integrity.PREFERRED: integrity.digest_of(data)}
             ),
             "Content-Type": "application/octet-stream",
+            **(announce.headers() if announce else {}),
         }
         body = self._corrupt(data) if self._corrupt else data
         return await self._send("PUT", self.upload_url(file_id), data=body, headers=headers)
 
-    async def finish_empty(self, file_id: str) -> Progress:
+    async def finish_empty(self, file_id: str, *, announce: Announce | None = None) -> Progress:
         """Complete a zero-byte file (`bytes */0`)."""
-        headers = {"Content-Range": "bytes */0"}
+        headers = {"Content-Range": "bytes */0", **(announce.headers() if announce else {})}
         return await self._send("PUT", self.upload_url(file_id), headers=headers)
 
     async def record(self, file_id: str) -> Progress:

@@ -17,6 +17,8 @@ Parsers accept ASCII digits only and raise `BadRequest` with a stable code.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
 import re
 from dataclasses import dataclass
@@ -274,3 +276,43 @@ def _metadata(value: object) -> dict[str, str]:
             "invalid_body", f"metadata must be an object of at most {MAX_METADATA} strings"
         )
     return dict(value)
+
+
+_META_KEY = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def parse_upload_metadata(value: str) -> tuple[str | None, dict[str, str]]:
+    """Parse `Upload-Metadata` (tus syntax: `key base64value, key2 base64value2`) into
+    the upload's name (key `name`) and its other metadata. It lets a client create an
+    upload with its very first PUT, skipping the POST round trip.
+
+    Raises:
+        BadRequest: `invalid_metadata` for a malformed pair, key or value.
+    """
+    name: str | None = None
+    metadata: dict[str, str] = {}
+    for pair in filter(None, (p.strip() for p in value.split(","))):
+        key, _, encoded = pair.partition(" ")
+        if not _META_KEY.fullmatch(key) or key in metadata or (key == "name" and name):
+            raise BadRequest("invalid_metadata", f"bad or repeated Upload-Metadata key {key!r}")
+        try:
+            text = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError) as exc:
+            raise BadRequest("invalid_metadata", f"{key}: value is not base64 UTF-8") from exc
+        if key == "name":
+            name = text
+        else:
+            metadata[key] = text
+    if name is not None and not 0 < len(name) <= MAX_NAME:
+        raise BadRequest("invalid_metadata", f"name must be 1-{MAX_NAME} characters")
+    if len(metadata) > MAX_METADATA:
+        raise BadRequest("invalid_metadata", f"at most {MAX_METADATA} metadata entries")
+    return name, metadata
+
+
+def format_upload_metadata(name: str | None, metadata: dict[str, str]) -> str:
+    """The `Upload-Metadata` value `parse_upload_metadata` reads back."""
+    pairs = {"name": name, **metadata} if name is not None else dict(metadata)
+    return ",".join(
+        f"{key} {base64.b64encode(text.encode()).decode()}" for key, text in pairs.items()
+    )

@@ -80,6 +80,7 @@ class Sender:
         self.tally = Tally(started=clock())
         self.stop = asyncio.Event()
         self._queue: asyncio.Queue[JournalEntry | None] = asyncio.Queue()
+        self._fresh: set[str] = set()  # ids first journaled by this run (see Uploader.deliver)
         uploader.stopping = self.stop.is_set
 
     def counts(self) -> dict[str, int]:
@@ -142,7 +143,7 @@ class Sender:
     async def _work(self) -> None:
         while (entry := await self._queue.get()) is not None and not self.stop.is_set():
             try:
-                done = await self.uploader.deliver(entry)
+                done = await self.uploader.deliver(entry, fresh=entry.file_id in self._fresh)
             except Interrupted:
                 continue
             await self.journal.record(done)
@@ -166,6 +167,7 @@ class Sender:
             config, seed, start=min(start, config.count), sleep=self.sleep, clock=self.clock
         ):
             entry = await self._spool(f"{run}-{spec.index:05d}", spec, data)
+            self._fresh.add(entry.file_id)
             self._queue.put_nowait(entry)
         log.info("generation.finished", files=self.tally.generated)
 
@@ -208,6 +210,7 @@ class Sender:
             number += 1
             await self.journal.record(entry)
             self.tally.born[entry.file_id] = self.clock()
+            self._fresh.add(entry.file_id)
             self._queue.put_nowait(entry)
 
 

@@ -224,7 +224,7 @@ async def put_chunk(request: web.Request) -> web.Response:
                 # must see 404 and POST again, not resume a bare upload (no name, no
                 # Repr-Digest) that every later POST would refuse as a conflict.
                 raise NotFound("upload_not_found", f"no upload {upload_id}")
-            info = await _create_from_put(state, upload_id, rng)
+            info = await _create_from_put(state, request, upload_id, rng, repr_digest)
         if info.record is not None:
             return _completed(info)
         try:
@@ -261,12 +261,20 @@ def _check_limits(config: ServerConfig, request: web.Request, rng: protocol.Cont
 
 
 async def _create_from_put(
-    state: ServerState, upload_id: str, rng: protocol.ContentRange
+    state: ServerState,
+    request: web.Request,
+    upload_id: str,
+    rng: protocol.ContentRange,
+    repr_digest: dict[str, bytes],
 ) -> UploadInfo:
+    """The first PUT of an unknown id creates it, with `Upload-Metadata` (name and
+    metadata) and `Repr-Digest` if given, so a client needs no POST round trip."""
+    name, metadata = protocol.parse_upload_metadata(request.headers.get("Upload-Metadata", ""))
     if rng.total is not None:
         _check_space(state, rng.total)
-    info = await state.store.create(UploadSpec(upload_id, size=rng.total))
-    log.info("upload.created", upload_id=upload_id, size=rng.total, via="put")
+    spec = UploadSpec(upload_id, name, rng.total, metadata, repr_digest)
+    info = await state.store.create(spec)
+    log.info("upload.created", upload_id=upload_id, size=rng.total, name=name, via="put")
     return info
 
 

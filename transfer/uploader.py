@@ -26,7 +26,7 @@ import xxhash
 from aiofiles.threadpool.binary import AsyncBufferedReader
 from tenacity import RetryCallState
 
-from transfer.client import Progress, UploadClient
+from transfer.client import Announce, Progress, UploadClient
 from transfer.errors import Interrupted, LocalFileDamaged, RemoteError, TransientError
 from transfer.fsutil import feed_file
 from transfer.journal import FileState, JournalEntry
@@ -36,6 +36,7 @@ log = structlog.get_logger("transfer.uploader")
 
 Reader = AsyncBufferedReader
 _MAX_RESYNCS = 20
+_MAX_STALLED = 25
 
 
 @dataclass(slots=True)
@@ -57,12 +58,20 @@ class Uploader:
     mismatch_retries: int = 3
     stopping: Callable[[], bool] = lambda: False
 
-    async def deliver(self, entry: JournalEntry) -> JournalEntry:
-        """Upload `entry` until confirmed or failed; returns the entry's new state."""
+    async def deliver(self, entry: JournalEntry, *, fresh: bool = False) -> JournalEntry:
+        """Upload `entry` until confirmed or failed; returns the entry's new state.
+
+        `fresh`: this process journaled the entry from bytes it hashed itself, and the
+        server cannot know the id yet. The first attempt then skips re-reading the file
+        (the server still checks the journaled digest as `Repr-Digest`) and the POST
+        (its first PUT creates the upload). Resumed and re-sent files get both.
+        """
         for attempt in range(self.mismatch_retries + 1):
+            inline = fresh and attempt == 0
             try:
-                await check_local(entry)
-                progress = await self._push(entry)
+                if not inline:
+                    await check_local(entry)
+                progress = await self._push(entry, inline=inline)
             except RemoteError as exc:
                 if exc.code == "repr_digest_mismatch" and attempt < self.mismatch_retries:
                     log.warning("upload.mismatch", file_id=entry.file_id, attempt=attempt + 1)
@@ -81,8 +90,11 @@ class Uploader:
         log.info("upload.confirmed", file_id=entry.file_id, size=entry.size)
         return entry.with_state(FileState.CONFIRMED, server_digest=progress.digest)
 
-    async def _push(self, entry: JournalEntry) -> Progress:
-        progress = await self._retry(entry, lambda: self._create(entry))
+    async def _push(self, entry: JournalEntry, *, inline: bool) -> Progress:
+        if inline:
+            progress = Progress(offset=0)
+        else:
+            progress = await self._retry(entry, lambda: self._create(entry))
         if progress.offset and progress.record is None:
             self.stats.resumes += 1
             log.info("upload.resumed", file_id=entry.file_id, offset=progress.offset)
@@ -96,7 +108,8 @@ class Uploader:
         progress: Progress,
     ) -> Progress:
         known: Progress | None = progress
-        resyncs = 0
+        resyncs = stalled = 0
+        best = progress.offset
         while known is None or known.record is None:
             if self.stopping():
                 raise Interrupted(f"stopped before {entry.file_id} was complete")
@@ -109,6 +122,13 @@ class Uploader:
                 resyncs += 1
                 log.info("upload.resync", file_id=entry.file_id, code=exc.code)
                 known = None
+                continue
+            # A retry that only re-asks the offset "succeeds": count steps that moved
+            # nothing, so a chunk the server refuses every time cannot loop for ever.
+            stalled = 0 if known.offset > best else stalled + 1
+            best = max(best, known.offset)
+            if stalled > _MAX_STALLED:
+                raise TransientError(f"no progress at offset {best} after {stalled} tries")
         return known
 
     async def _step(
@@ -123,14 +143,17 @@ class Uploader:
                 known = await self._create(entry)
             if known.record is not None:
                 return known
+        announce = _announce(entry)
         if entry.size == 0:
-            return await self.client.finish_empty(entry.file_id)
+            return await self.client.finish_empty(entry.file_id, announce=announce)
         await source.seek(known.offset)
         data = await source.read(self.chunk_size or auto_chunk_size(entry.size))
         if not data:
             raise LocalFileDamaged(f"{entry.path} is shorter than its journaled {entry.size}")
         started = time.perf_counter()
-        progress = await self.client.put_chunk(entry.file_id, known.offset, data, entry.size)
+        progress = await self.client.put_chunk(
+            entry.file_id, known.offset, data, entry.size, announce=announce
+        )
         self.stats.bytes_sent += len(data)
         self.stats.chunks += 1
         log.info(
@@ -144,12 +167,13 @@ class Uploader:
         return progress
 
     async def _create(self, entry: JournalEntry) -> Progress:
+        announce = _announce(entry)
         return await self.client.create(
             entry.file_id,
-            name=entry.name,
+            name=announce.name,
             size=entry.size,
-            metadata={"dtype": entry.dtype},
-            digest=bytes.fromhex(entry.digest),
+            metadata=announce.metadata,
+            digest=announce.digest,
         )
 
     async def _retry(
@@ -190,6 +214,11 @@ def auto_chunk_size(size: int) -> int:
     ones gain nothing and resend more after a kill; small files want one round trip."""
     quantum = 256 * 1024
     return min(max(-(-size // quantum) * quantum, quantum), 32 * quantum)
+
+
+def _announce(entry: JournalEntry) -> Announce:
+    """The upload's parameters, the same in a POST and in a creating PUT."""
+    return Announce(entry.name, {"dtype": entry.dtype}, bytes.fromhex(entry.digest))
 
 
 def _bind(

@@ -1,0 +1,84 @@
+"""The sender's first upload of a file it just journaled takes one request per chunk and
+no POST; anything resumed or re-sent goes through POST and the local digest check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import aiohttp
+import xxhash
+from conftest import Served
+from support import Launcher, assert_delivered
+
+from transfer.client import Corruptor, UploadClient
+from transfer.journal import FileState, JournalEntry
+from transfer.retry import RetryPolicy
+from transfer.uploader import Uploader
+
+
+def _requests(log_events: list[dict[str, object]], method: str) -> int:
+    return sum(1 for e in log_events if e.get("event") == "request" and e.get("method") == method)
+
+
+def test_fresh_files_are_created_by_their_first_put(tmp_path: Path) -> None:
+    with Launcher(tmp_path) as launch:
+        server = launch.serve(tmp_path / "data")
+        sender = launch.send(
+            server.url, tmp_path / "spool", "--count", "6", "--seed", "3",
+            "--min-interval", "0", "--max-interval", "0", "--max-size", "64KiB",
+        )  # fmt: skip
+        assert sender.finish() == 0
+        events = server.log.events()
+    entries = assert_delivered(tmp_path / "spool", tmp_path / "data", 6)
+    assert _requests(events, "POST") == 0
+    assert _requests(events, "PUT") == 6  # one request per small file
+    created = [e for e in events if e.get("event") == "upload.created"]
+    assert {e["name"] for e in created} == {e.name for e in entries}
+
+
+async def test_a_file_damaged_before_its_first_upload_is_never_published(
+    served: Served, tmp_path: Path
+) -> None:
+    """The fresh path skips the local re-read, but the server checks the journaled
+    digest: the damaged bytes are refused, and the retry's local check fails the file."""
+    journaled = b"\x01\x00" * 5000
+    path = tmp_path / "a.bin"
+    path.write_bytes(journaled[:-1] + b"\x7f")  # damaged after it was hashed
+    entry = JournalEntry(
+        "run-00000", "a.bin", str(path), len(journaled), "int16",
+        xxhash.xxh3_128_hexdigest(journaled), FileState.GENERATED,
+    )  # fmt: skip
+    url = str(served.client.make_url("/"))
+    async with aiohttp.ClientSession() as session:
+        policy = RetryPolicy(max_attempts=3, sleep=_no_sleep)
+        uploader = Uploader(UploadClient(session, url), None, policy)
+        done = await uploader.deliver(entry, fresh=True)
+
+    assert done.state is FileState.FAILED
+    assert done.reason is not None and "changed on disk" in done.reason
+    assert served.published() == []
+
+
+async def _no_sleep(seconds: float) -> None:
+    return None
+
+
+async def test_a_chunk_refused_every_time_fails_instead_of_looping(
+    served: Served, tmp_path: Path
+) -> None:
+    data = b"\x02\x00" * 3000
+    path = tmp_path / "b.bin"
+    path.write_bytes(data)
+    entry = JournalEntry(
+        "run-00001", "b.bin", str(path), len(data), "int16",
+        xxhash.xxh3_128_hexdigest(data), FileState.GENERATED,
+    )  # fmt: skip
+    url = str(served.client.make_url("/"))
+    async with aiohttp.ClientSession() as session:
+        client = UploadClient(session, url, corruptor=Corruptor(1.0, seed=1))
+        uploader = Uploader(client, None, RetryPolicy(max_attempts=3, sleep=_no_sleep))
+        done = await uploader.deliver(entry, fresh=True)
+
+    assert done.state is FileState.FAILED
+    assert done.reason is not None and "no progress" in done.reason
+    assert served.published() == []
