@@ -384,7 +384,9 @@ def uploader(
     client: UploadClient, sleeps: Sleeps, *, attempts: int = 5, mismatch_retries: int = 3
 ) -> Uploader:
     policy = RetryPolicy(timeout=60.0, max_attempts=attempts, sleep=sleeps)
-    return Uploader(client, 1024, policy, mismatch_retries=mismatch_retries)
+    # One chunk in flight: these scripts answer in order and test the careful path;
+    # the pipelined one is tested against a real server in test_fastpath.py.
+    return Uploader(client, 1024, policy, mismatch_retries=mismatch_retries, window=1)
 
 
 DATA = bytes(range(250)) * 10  # 2500 bytes: chunks 0-1023, 1024-2047, 2048-2499

@@ -82,3 +82,53 @@ async def test_a_chunk_refused_every_time_fails_instead_of_looping(
     assert done.state is FileState.FAILED
     assert done.reason is not None and "no progress" in done.reason
     assert served.published() == []
+
+
+async def test_a_large_file_streams_with_two_chunks_in_flight(
+    served: Served, tmp_path: Path
+) -> None:
+    data = bytes(range(256)) * (7 * 1024 + 3)  # ~1.8 MiB: 8 chunks of 256 KiB
+    path = tmp_path / "c.bin"
+    path.write_bytes(data)
+    entry = JournalEntry(
+        "run-00002", "c.bin", str(path), len(data), "int16",
+        xxhash.xxh3_128_hexdigest(data), FileState.GENERATED,
+    )  # fmt: skip
+    url = str(served.client.make_url("/"))
+    async with aiohttp.ClientSession() as session:
+        uploader = Uploader(UploadClient(session, url), 256 * 1024, RetryPolicy(timeout=10.0))
+        done = await uploader.deliver(entry, fresh=True)
+
+    assert done.state is FileState.CONFIRMED
+    assert (served.data_dir / "files" / "run-00002").read_bytes() == data
+    assert uploader.stats.chunks == -(-len(data) // (256 * 1024))  # nothing sent twice
+    assert uploader.stats.bytes_sent == len(data)
+
+
+async def test_a_pipeline_surprise_falls_back_to_one_chunk_at_a_time(
+    served: Served, tmp_path: Path
+) -> None:
+    """The server already holds a prefix the sender does not know about: the pipelined
+    chunks overlap it, the short acknowledgement ends the pipeline, and the careful path
+    finishes the file from the server's offset."""
+    data = bytes(range(256)) * 4096  # 1 MiB: 4 chunks of 256 KiB
+    path = tmp_path / "d.bin"
+    path.write_bytes(data)
+    entry = JournalEntry(
+        "run-00003", "d.bin", str(path), len(data), "int16",
+        xxhash.xxh3_128_hexdigest(data), FileState.GENERATED,
+    )  # fmt: skip
+    prefix = data[: 300 * 1024]
+    resp = await served.client.put(
+        "/uploads/run-00003",
+        data=prefix,
+        headers={"Content-Range": f"bytes 0-{len(prefix) - 1}/{len(data)}"},
+    )
+    assert resp.status == 308
+    url = str(served.client.make_url("/"))
+    async with aiohttp.ClientSession() as session:
+        uploader = Uploader(UploadClient(session, url), 256 * 1024, RetryPolicy(timeout=10.0))
+        done = await uploader.deliver(entry, fresh=True)
+
+    assert done.state is FileState.CONFIRMED
+    assert (served.data_dir / "files" / "run-00003").read_bytes() == data

@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from email.utils import formatdate
 
+import aiohttp
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -359,6 +360,11 @@ async def _body(request: web.Request, idle: float, min_rate: int) -> AsyncIterat
         except TimeoutError as exc:
             log.warning("upload.stalled", upload_id=request.get(UPLOAD_ID), idle=idle)
             raise RequestTimeout("body_stalled", f"no body bytes for {idle} s") from exc
+        except (ConnectionError, aiohttp.ClientPayloadError) as exc:
+            # The client went away mid-body: nobody hears the answer, but the log should
+            # say what happened, not report a crash.
+            log.info("upload.disconnected", upload_id=request.get(UPLOAD_ID), received=received)
+            raise BadRequest("body_incomplete", "the connection closed mid-body") from exc
         if not data:
             return
         received += len(data)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,12 @@ from aiofiles.threadpool.binary import AsyncBufferedReader
 from tenacity import RetryCallState
 
 from transfer.client import Announce, Progress, UploadClient
-from transfer.errors import Interrupted, LocalFileDamaged, RemoteError, TransientError
+from transfer.errors import (
+    Interrupted,
+    LocalFileDamaged,
+    RemoteError,
+    TransientError,
+)
 from transfer.fsutil import feed_file
 from transfer.journal import FileState, JournalEntry
 from transfer.retry import RetryPolicy
@@ -56,6 +62,7 @@ class Uploader:
     policy: RetryPolicy
     stats: UploadStats = field(default_factory=UploadStats)
     mismatch_retries: int = 3
+    window: int = 2  # chunks of one file in flight at once (see _pipeline)
     stopping: Callable[[], bool] = lambda: False
 
     async def deliver(self, entry: JournalEntry, *, fresh: bool = False) -> JournalEntry:
@@ -107,7 +114,7 @@ class Uploader:
         source: Reader,
         progress: Progress,
     ) -> Progress:
-        known: Progress | None = progress
+        known: Progress | None = await self._pipeline(entry, source, progress)
         resyncs = stalled = 0
         best = progress.offset
         while known is None or known.record is None:
@@ -131,6 +138,66 @@ class Uploader:
                 raise TransientError(f"no progress at offset {best} after {stalled} tries")
         return known
 
+    async def _pipeline(
+        self, entry: JournalEntry, source: Reader, progress: Progress
+    ) -> Progress | None:
+        """The happy path of a multi-chunk file: keep `window` chunks in flight, so the
+        next chunk travels while the server fsyncs the previous one (the server's per-id
+        lock keeps them in order). Any surprise (an error, a short acknowledgement, a
+        gap) ends it: None, and the careful one-chunk-at-a-time loop takes over."""
+        chunk = self.chunk_size or auto_chunk_size(entry.size)
+        if self.window < 2 or progress.record is not None or entry.size <= chunk:
+            return progress
+        pending: deque[tuple[int, asyncio.Task[Progress]]] = deque()
+        offset, known = progress.offset, progress
+        try:
+            while known.record is None:
+                if self.stopping():
+                    raise Interrupted(f"stopped before {entry.file_id} was complete")
+                while len(pending) < self.window and offset < entry.size:
+                    data = await _read(source, offset, chunk, entry)
+                    pending.append((offset + len(data), self._spawn(entry, offset, data)))
+                    offset += len(data)
+                end, task = pending.popleft()
+                known = await task
+                if known.record is None and known.offset != end:
+                    log.info("upload.resync", file_id=entry.file_id, code="short_acknowledgement")
+                    return None
+        except TransientError as exc:
+            # The careful path retries this chunk after asking for the offset: a retry.
+            self.stats.retries += 1
+            log.warning("upload.retry", file_id=entry.file_id, attempt=1, error=str(exc), wait=0)
+            return None
+        except RemoteError as exc:
+            log.info("upload.resync", file_id=entry.file_id, code=exc.code)
+            return None
+        finally:
+            for _, task in pending:
+                task.cancel()
+            await asyncio.gather(*(task for _, task in pending), return_exceptions=True)
+        return known
+
+    def _spawn(self, entry: JournalEntry, offset: int, data: bytes) -> asyncio.Task[Progress]:
+        return asyncio.create_task(self._put(entry, offset, data))
+
+    async def _put(self, entry: JournalEntry, offset: int, data: bytes) -> Progress:
+        """One chunk PUT, counted and logged."""
+        started = time.perf_counter()
+        progress = await self.client.put_chunk(
+            entry.file_id, offset, data, entry.size, announce=_announce(entry)
+        )
+        self.stats.bytes_sent += len(data)
+        self.stats.chunks += 1
+        log.info(
+            "chunk.sent",
+            file_id=entry.file_id,
+            offset=offset,
+            bytes=len(data),
+            acknowledged=progress.offset,
+            elapsed_ms=round((time.perf_counter() - started) * 1000, 3),
+        )
+        return progress
+
     async def _step(
         self,
         entry: JournalEntry,
@@ -143,28 +210,10 @@ class Uploader:
                 known = await self._create(entry)
             if known.record is not None:
                 return known
-        announce = _announce(entry)
         if entry.size == 0:
-            return await self.client.finish_empty(entry.file_id, announce=announce)
-        await source.seek(known.offset)
-        data = await source.read(self.chunk_size or auto_chunk_size(entry.size))
-        if not data:
-            raise LocalFileDamaged(f"{entry.path} is shorter than its journaled {entry.size}")
-        started = time.perf_counter()
-        progress = await self.client.put_chunk(
-            entry.file_id, known.offset, data, entry.size, announce=announce
-        )
-        self.stats.bytes_sent += len(data)
-        self.stats.chunks += 1
-        log.info(
-            "chunk.sent",
-            file_id=entry.file_id,
-            offset=known.offset,
-            bytes=len(data),
-            acknowledged=progress.offset,
-            elapsed_ms=round((time.perf_counter() - started) * 1000, 3),
-        )
-        return progress
+            return await self.client.finish_empty(entry.file_id, announce=_announce(entry))
+        chunk = self.chunk_size or auto_chunk_size(entry.size)
+        return await self._put(entry, known.offset, await _read(source, known.offset, chunk, entry))
 
     async def _create(self, entry: JournalEntry) -> Progress:
         announce = _announce(entry)
@@ -214,6 +263,14 @@ def auto_chunk_size(size: int) -> int:
     ones gain nothing and resend more after a kill; small files want one round trip."""
     quantum = 256 * 1024
     return min(max(-(-size // quantum) * quantum, quantum), 32 * quantum)
+
+
+async def _read(source: Reader, offset: int, size: int, entry: JournalEntry) -> bytes:
+    await source.seek(offset)
+    data = await source.read(size)
+    if not data:
+        raise LocalFileDamaged(f"{entry.path} is shorter than its journaled {entry.size}")
+    return data
 
 
 def _announce(entry: JournalEntry) -> Announce:
