@@ -22,7 +22,7 @@ Invariants, after every request:
 Run as a script (`python tests/test_fuzz.py -runs=1000000 -max_len=256 CORPUS_DIR`), it
 is an atheris (libFuzzer) harness over the pure parsers (`TRANSFER_FUZZ_PARSER=NAME` for
 one of them); `test_atheris_over_the_parsers` runs it briefly, per parser, with a fixed
-seed. It found `parse_upload_metadata` letting a `ValueError` escape (see `METADATA_BUG`).
+seed. It found `parse_upload_metadata` letting a `ValueError` escape (now a 400).
 """
 
 from __future__ import annotations
@@ -483,16 +483,11 @@ def _one_input(data: bytes) -> None:
 
 
 ATHERIS_RUNS = 30000
-METADATA_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="protocol.parse_upload_metadata lets ValueError escape for a non-ASCII value "
-    "(base64.b64decode), a 500 over HTTP; fix: catch ValueError there",
-)
 
 
 @pytest.mark.parametrize(
     "parser",
-    [pytest.param(n, marks=METADATA_BUG) if n == "upload-metadata" else n for n in PARSERS],
+    sorted(PARSERS),
 )
 def test_atheris_over_the_parsers(tmp_path: Path, parser: str) -> None:
     pytest.importorskip("atheris")
@@ -514,9 +509,8 @@ def test_atheris_over_the_parsers(tmp_path: Path, parser: str) -> None:
     assert f"Done {ATHERIS_RUNS} runs" in done.stderr
 
 
-@METADATA_BUG
 def test_non_ascii_upload_metadata_is_refused_not_a_crash(fuzz_server: FuzzServer) -> None:
-    """Found by atheris (see `METADATA_BUG`): the same bug over HTTP."""
+    """Found by atheris: a non-ASCII `Upload-Metadata` value once escaped as a 500."""
     auth = {"Authorization": f"Bearer {TOKEN}", "Content-Range": "bytes 0-2/3"}
     request = _request("PUT", "/uploads/meta-1", {**auth, "Upload-Metadata": "name é"}, b"abc")
     answer = fuzz_server.exchange(request, "PUT")

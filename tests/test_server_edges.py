@@ -14,6 +14,7 @@ from conftest import HOST, MakeServed, Served, content_range, digest_field
 from pytest_aiohttp import AiohttpClient
 
 from transfer.auth import token_matches
+from transfer.logs import redactor
 from transfer.protocol import format_upload_metadata
 from transfer.server import ServerConfig, make_app
 from transfer.storage import FileStore, UploadInfo
@@ -209,3 +210,15 @@ async def test_bad_upload_metadata_is_refused_and_creates_nothing(
     assert resp.status == 400
     assert (await resp.json())["code"] == "invalid_metadata"
     assert (await served.client.head("/uploads/u7")).status == 404
+
+
+def test_the_log_redactor_hides_a_token_anywhere_in_an_event() -> None:
+    redact = redactor([TOKEN, ""])
+    event = redact(
+        None,
+        "error",
+        {"event": f"bad header Authorization: Bearer {TOKEN}\x01", "exception": f"...{TOKEN}..."},
+    )
+    assert isinstance(event, dict)
+    assert TOKEN not in json.dumps(event)
+    assert "[redacted]" in event["event"] and "[redacted]" in event["exception"]

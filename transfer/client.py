@@ -139,6 +139,9 @@ class UploadClient:
             async with self._session.request(method, url, allow_redirects=False, **kwargs) as resp:
                 payload = await resp.read()
                 return _classify(resp.status, resp.headers, payload, query=query)
+        except aiohttp.ClientConnectorCertificateError as exc:
+            # Waiting will not make an untrusted certificate trusted: fail at once.
+            raise RemoteError(0, "certificate_verify_failed", str(exc)) from exc
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise TransientError(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
 

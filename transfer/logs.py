@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -17,8 +18,32 @@ import structlog
 LogFormat = Literal["json", "console"]
 
 
+def redactor(secrets: Sequence[str]) -> structlog.types.Processor:
+    """Replace every secret (a bearer token) in any string value of an event, tracebacks
+    included: aiohttp quotes bad header lines in its own error messages."""
+    hidden = [s for s in secrets if s]
+
+    def redact(_: object, __: str, event: structlog.types.EventDict) -> structlog.types.EventDict:
+        for key, value in event.items():
+            if isinstance(value, str):
+                event[key] = _scrub(value, hidden)
+        return event
+
+    return redact
+
+
+def _scrub(text: str, secrets: list[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, "[redacted]")
+    return text
+
+
 def configure(
-    fmt: LogFormat = "json", *, log_file: Path | None = None, level: str = "info"
+    fmt: LogFormat = "json",
+    *,
+    log_file: Path | None = None,
+    level: str = "info",
+    secrets: Sequence[str] = (),
 ) -> None:
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -45,6 +70,7 @@ def configure(
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,
+            redactor(secrets),
             renderer,
         ],
     )

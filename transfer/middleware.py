@@ -44,12 +44,17 @@ class _Generic(ProtocolError):
 
 
 def problem_response(exc: ProtocolError) -> web.Response:
-    return web.Response(
+    response = web.Response(
         status=exc.status,
         text=json.dumps(exc.problem()),
         content_type=PROBLEM,
         headers=exc.headers,
     )
+    if exc.status == 408:
+        # RFC 9110 15.5.9: a 408 closes the connection. Kept alive, a client would send its
+        # next request down the same stalled path, behind the unread rest of the body.
+        response.force_close()
+    return response
 
 
 def problems_middleware(metrics: Metrics) -> Middleware:

@@ -18,7 +18,6 @@ Parsers accept ASCII digits only and raise `BadRequest` with a stable code.
 from __future__ import annotations
 
 import base64
-import binascii
 import enum
 import re
 from dataclasses import dataclass
@@ -297,7 +296,7 @@ def parse_upload_metadata(value: str) -> tuple[str | None, dict[str, str]]:
             raise BadRequest("invalid_metadata", f"bad or repeated Upload-Metadata key {key!r}")
         try:
             text = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError) as exc:
+        except ValueError as exc:  # binascii.Error, UnicodeDecodeError, non-ASCII input
             raise BadRequest("invalid_metadata", f"{key}: value is not base64 UTF-8") from exc
         if key == "name":
             name = text

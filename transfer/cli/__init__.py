@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -84,7 +85,10 @@ def _report(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logs.configure(args.log_format, log_file=args.log_file, level=args.log_level)
+    token = getattr(args, "token", None) or os.environ.get("TRANSFER_TOKEN")
+    logs.configure(
+        args.log_format, log_file=args.log_file, level=args.log_level, secrets=[token or ""]
+    )
     run: Callable[[argparse.Namespace], int] = args.run
     try:
         return run(args)

@@ -109,7 +109,11 @@ async def _serve(
         recovered = store.open()
     except OSError as exc:
         raise ConfigError(f"cannot use data dir {store.files_dir.parent}: {exc}") from exc
-    runner = web.AppRunner(make_app(store, config), access_log_class=AccessLogger)
+    # keepalive_timeout: an idle kept-alive connection is closed after 75 s instead of
+    # aiohttp's AppRunner default of an hour, so idle sockets cannot pile up.
+    runner = web.AppRunner(
+        make_app(store, config), access_log_class=AccessLogger, keepalive_timeout=75.0
+    )
     await runner.setup()
     site = web.TCPSite(runner, host, port, shutdown_timeout=10.0, ssl_context=context)
     try:
