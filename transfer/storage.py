@@ -28,63 +28,26 @@ import asyncio
 import json
 import os
 import shutil
-from collections.abc import AsyncIterable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import AsyncIterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
 from transfer import integrity
 from transfer.chunkwriter import ChunkWriter
-from transfer.errors import (
-    Conflict,
-    DigestMismatch,
-)
+from transfer.errors import DigestMismatch
 from transfer.fsutil import feed_file, fsync_dir, remove_tmp_files, write_atomic
 from transfer.integrity import Digests, MultiHasher
 from transfer.protocol import ChunkPlan, UploadState, check_total
-
-
-@dataclass(frozen=True, slots=True)
-class UploadSpec:
-    """What a client declared about an upload."""
-
-    upload_id: str
-    name: str | None = None
-    size: int | None = None
-    metadata: Mapping[str, str] = field(default_factory=dict)
-    repr_digest: Digests = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class FileRecord:
-    """A completed, verified file: what every completion answer returns."""
-
-    upload_id: str
-    name: str | None
-    size: int
-    metadata: Mapping[str, str]
-    digests: Digests
-
-    def to_json(self) -> dict[str, object]:
-        body: dict[str, object] = {
-            "id": self.upload_id,
-            "name": self.name,
-            "size": self.size,
-            "metadata": dict(self.metadata),
-            "digests": integrity.to_hex(
-                {k: v for k, v in self.digests.items() if k in integrity.ALGORITHMS}
-            ),
-        }
-        if "md5" in self.digests:
-            body["md5Hash"] = integrity.md5_base64(self.digests["md5"])
-        return body
-
-
-@dataclass(frozen=True, slots=True)
-class UploadInfo:
-    spec: UploadSpec
-    state: UploadState
-    record: FileRecord | None = None
+from transfer.records import (
+    FileRecord,
+    UploadInfo,
+    UploadSpec,
+    check_same,
+    record_from_json,
+    spec_from_json,
+    spec_to_json,
+)
 
 
 class UploadStore(Protocol):
@@ -205,9 +168,9 @@ class FileStore:
         return info
 
     def _load(self, doc: dict[str, Any]) -> UploadInfo:
-        spec = _spec_from_json(doc)
+        spec = spec_from_json(doc)
         if doc.get("complete"):
-            record = _record_from_json(doc)
+            record = record_from_json(doc)
             return UploadInfo(spec, UploadState(record.size, record.size), record)
         try:
             offset = self._part(spec.upload_id).stat().st_size
@@ -221,7 +184,7 @@ class FileStore:
     async def create(self, spec: UploadSpec) -> UploadInfo:
         existing = await self.get(spec.upload_id)
         if existing is not None:
-            _check_same(existing.spec, spec)
+            check_same(existing.spec, spec)
             return await self.declare(spec.upload_id, size=spec.size, repr_digest=spec.repr_digest)
         await asyncio.to_thread(self._create_files, spec)
         info = UploadInfo(spec, UploadState(0, spec.size))
@@ -263,7 +226,7 @@ class FileStore:
     def _save_spec(
         self, spec: UploadSpec, record: FileRecord | None = None, *, sync_dir: bool = True
     ) -> None:
-        doc = _spec_to_json(spec)
+        doc = spec_to_json(spec)
         if record is not None:
             doc.update(complete=True, size=record.size, digests=integrity.to_hex(record.digests))
         write_atomic(
@@ -408,40 +371,4 @@ def _hash_file(path: Path, algorithms: set[str]) -> dict[str, bytes]:
     return hasher.digests()
 
 
-def _check_same(existing: UploadSpec, wanted: UploadSpec) -> None:
-    for name in ("name", "metadata", "repr_digest"):
-        value = getattr(wanted, name)
-        if value and value != getattr(existing, name):
-            raise Conflict("upload_conflict", f"upload exists with a different {name}")
-    if wanted.size is not None and existing.size not in (None, wanted.size):
-        raise Conflict("upload_conflict", "upload exists with a different size")
-
-
-def _spec_to_json(spec: UploadSpec) -> dict[str, object]:
-    return {
-        "id": spec.upload_id,
-        "name": spec.name,
-        "size": spec.size,
-        "metadata": dict(spec.metadata),
-        "repr_digest": integrity.to_hex(spec.repr_digest),
-    }
-
-
-def _spec_from_json(doc: dict[str, Any]) -> UploadSpec:
-    return UploadSpec(
-        upload_id=doc["id"],
-        name=doc.get("name"),
-        size=doc.get("size"),
-        metadata=doc.get("metadata") or {},
-        repr_digest=integrity.from_hex(doc.get("repr_digest") or {}),
-    )
-
-
-def _record_from_json(doc: dict[str, Any]) -> FileRecord:
-    return FileRecord(
-        upload_id=doc["id"],
-        name=doc.get("name"),
-        size=doc["size"],
-        metadata=doc.get("metadata") or {},
-        digests=integrity.from_hex(doc.get("digests") or {}),
-    )
+__all__ = ["FileRecord", "FileStore", "UploadInfo", "UploadSpec", "UploadStore"]

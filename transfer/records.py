@@ -1,0 +1,101 @@
+"""What the server knows about an upload, as values, and their JSON form on disk.
+
+`UploadSpec` is what a client declared, `FileRecord` what a completed upload is
+(returned by every completion answer), `UploadInfo` both plus the offset. The JSON
+helpers read and write `DATA_DIR/uploads/{id}.json`. Pure: no I/O here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from transfer import integrity
+from transfer.errors import (
+    Conflict,
+)
+from transfer.integrity import Digests
+from transfer.protocol import UploadState
+
+
+@dataclass(frozen=True, slots=True)
+class UploadSpec:
+    """What a client declared about an upload."""
+
+    upload_id: str
+    name: str | None = None
+    size: int | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    repr_digest: Digests = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class FileRecord:
+    """A completed, verified file: what every completion answer returns."""
+
+    upload_id: str
+    name: str | None
+    size: int
+    metadata: Mapping[str, str]
+    digests: Digests
+
+    def to_json(self) -> dict[str, object]:
+        body: dict[str, object] = {
+            "id": self.upload_id,
+            "name": self.name,
+            "size": self.size,
+            "metadata": dict(self.metadata),
+            "digests": integrity.to_hex(
+                {k: v for k, v in self.digests.items() if k in integrity.ALGORITHMS}
+            ),
+        }
+        if "md5" in self.digests:
+            body["md5Hash"] = integrity.md5_base64(self.digests["md5"])
+        return body
+
+
+@dataclass(frozen=True, slots=True)
+class UploadInfo:
+    spec: UploadSpec
+    state: UploadState
+    record: FileRecord | None = None
+
+
+def check_same(existing: UploadSpec, wanted: UploadSpec) -> None:
+    for name in ("name", "metadata", "repr_digest"):
+        value = getattr(wanted, name)
+        if value and value != getattr(existing, name):
+            raise Conflict("upload_conflict", f"upload exists with a different {name}")
+    if wanted.size is not None and existing.size not in (None, wanted.size):
+        raise Conflict("upload_conflict", "upload exists with a different size")
+
+
+def spec_to_json(spec: UploadSpec) -> dict[str, object]:
+    return {
+        "id": spec.upload_id,
+        "name": spec.name,
+        "size": spec.size,
+        "metadata": dict(spec.metadata),
+        "repr_digest": integrity.to_hex(spec.repr_digest),
+    }
+
+
+def spec_from_json(doc: dict[str, Any]) -> UploadSpec:
+    return UploadSpec(
+        upload_id=doc["id"],
+        name=doc.get("name"),
+        size=doc.get("size"),
+        metadata=doc.get("metadata") or {},
+        repr_digest=integrity.from_hex(doc.get("repr_digest") or {}),
+    )
+
+
+def record_from_json(doc: dict[str, Any]) -> FileRecord:
+    return FileRecord(
+        upload_id=doc["id"],
+        name=doc.get("name"),
+        size=doc["size"],
+        metadata=doc.get("metadata") or {},
+        digests=integrity.from_hex(doc.get("digests") or {}),
+    )
