@@ -11,10 +11,10 @@ runner waits for that moment by polling logs and the server's `uploads/` directo
 by sleeping), SIGKILLs the side and restarts it on the same directories. Moments:
 
     sender  generation      a `file.generated` line of this run
-    sender  mid_chunk       a `.part` growing between chunk boundaries (else after a chunk.sent)
+    sender  mid_chunk       a `.part` growing: a chunk being written (else after 1-4 chunk.sent)
     sender  before_confirm  the server logged `upload.completed` for a file the sender has
                             not logged as confirmed
-    server  mid_chunk       as above (else after a PUT in the server's access log)
+    server  mid_chunk       as above (else after 1-4 PUTs with bytes in the access log)
     server  publish         a `.part` holding all its bytes, not yet published (else right
                             after an `upload.completed`)
     both    random          a seeded delay of 0-1 s after the process started
@@ -495,18 +495,18 @@ class Run:
     # -- offsets
 
     def acknowledged(self) -> dict[str, int]:
-        """Per partial upload, the highest offset the sender logged as acknowledged."""
+        """Per unconfirmed upload, the highest offset the sender logged as acknowledged."""
         acked: dict[str, int] = {}
-        sizes: dict[str, int] = {}
+        done: set[str] = set()
         for event in self.sender_log.refresh():
             file_id = str(event.get("file_id"))
-            if event.get("event") == "file.generated":
-                sizes[file_id] = int(event.get("size", 0))
-            elif event.get("event") == "chunk.sent":
+            if event.get("event") == "chunk.sent":
                 acked[file_id] = max(acked.get(file_id, 0), int(event.get("acknowledged", 0)))
             elif event.get("event") == "upload.mismatch":  # the server reset it to 0
                 acked.pop(file_id, None)
-        return {k: v for k, v in acked.items() if v < sizes.get(k, v + 1)}
+            elif event.get("event") == "upload.confirmed":
+                done.add(file_id)
+        return {k: v for k, v in acked.items() if k not in done}
 
     def check_offsets(self, acked: dict[str, int]) -> None:
         for upload_id, offset in acked.items():
@@ -725,7 +725,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    sides = tuple(args.sides.split(","))
+    if not sides or not set(sides) <= {"sender", "server"}:
+        parser.error("--sides takes sender, server or both, comma-separated")
+    if args.cycles < 0:
+        parser.error("--cycles must be >= 0")
     workdir: Path = args.workdir or Path(tempfile.mkdtemp(prefix="chaos-"))
     config = ChaosConfig(
         workdir=workdir,
@@ -741,7 +747,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         idle_timeout=args.idle_timeout,
         inject_corruption=args.inject_corruption,
         plan=_plan(args),
-        sides=tuple(args.sides.split(",")),
+        sides=sides,
         deadline=args.deadline,
     )
     # Whatever is left after the cycles is generated at the sender's own pace.
