@@ -110,7 +110,8 @@ def test_killed_during_generation_regenerates_only_the_missing_files(
     last = launch.send(server.url, spool, *args, *FAST)
     assert last.finish() == 0, last.report()
     regenerated = [e["index"] for e in named(last.log.events(), "file.generated")]
-    assert regenerated == list(range(journaled, count))
+    # Spool writes overlap, so a burst may journal out of index order: compare sorted.
+    assert sorted(regenerated) == list(range(journaled, count))
     assert_exactly_once(spool, server, count, seed, config)
 
 

@@ -22,21 +22,23 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import structlog
 import xxhash
 
 from transfer.errors import ConfigError, Interrupted
 from transfer.fsutil import remove_tmp_files, write_atomic
-from transfer.generator import FileSpec, GeneratorConfig, generate
+from transfer.generator import FileSpec, GeneratorConfig, content_for, generate, spec_for
 from transfer.journal import FileState, Journal, JournalEntry
 from transfer.retry import Sleep
 from transfer.uploader import Uploader, hash_file
 
 log = structlog.get_logger("transfer.sender")
+SPOOL_AHEAD = 8  # spool writes in flight while generation goes on
 Clock = Callable[[], float]
 
 
@@ -159,17 +161,36 @@ class Sender:
             self.tally.failed += 1
 
     async def _generate(self, config: GeneratorConfig) -> None:
+        """Generate every index not yet journaled: first the gaps a crash left among
+        spool writes that ran side by side (at once: their time has passed), then the
+        rest on the seeded schedule. Up to `SPOOL_AHEAD` spool writes run at once, so
+        the next file is generated while the previous one is being fsynced."""
         run, seed = self.journal.meta()["run"], int(self.journal.meta()["seed"])
-        start = next_index(self.journal.entries(), run)
-        if start < config.count:
-            log.info("generation.started", first=start, count=config.count, seed=seed)
-        async for spec, data in generate(
-            config, seed, start=min(start, config.count), sleep=self.sleep, clock=self.clock
-        ):
-            entry = await self._spool(f"{run}-{spec.index:05d}", spec, data)
-            self._fresh.add(entry.file_id)
-            self._queue.put_nowait(entry)
+        done = generated_indices(self.journal.entries(), run)
+        start = min(max(done, default=-1) + 1, config.count)
+        gaps = [i for i in range(start) if i not in done]
+        if start < config.count or gaps:
+            log.info("generation.started", first=start, gaps=gaps, count=config.count, seed=seed)
+        writers = _Writers(SPOOL_AHEAD)
+        try:
+            for index in gaps:
+                spec = spec_for(config, seed, index)
+                await writers.start(
+                    self._spool_and_queue(run, spec, content_for(seed, index, spec.size))
+                )
+            async for spec, data in generate(
+                config, seed, start=start, sleep=self.sleep, clock=self.clock
+            ):
+                await writers.start(self._spool_and_queue(run, spec, data))
+            await writers.wait()
+        finally:
+            await writers.cancel()
         log.info("generation.finished", files=self.tally.generated)
+
+    async def _spool_and_queue(self, run: str, spec: FileSpec, data: bytes) -> None:
+        entry = await self._spool(f"{run}-{spec.index:05d}", spec, data)
+        self._fresh.add(entry.file_id)
+        self._queue.put_nowait(entry)
 
     async def _spool(self, file_id: str, spec: FileSpec, data: bytes) -> JournalEntry:
         # Absolute: the journal outlives this cwd (a restart may run from elsewhere).
@@ -214,14 +235,54 @@ class Sender:
             self._queue.put_nowait(entry)
 
 
-def next_index(entries: Iterable[JournalEntry], run: str) -> int:
-    """One past the highest generated index journaled for `run`."""
-    indices = [
+def generated_indices(entries: Iterable[JournalEntry], run: str) -> set[int]:
+    """The generated indices journaled for `run` (ids `{run}-{index:05d}`)."""
+    return {
         int(e.file_id.rsplit("-", 1)[1])
         for e in entries
         if e.file_id.startswith(f"{run}-") and e.file_id.rsplit("-", 1)[1].isdigit()
-    ]
-    return max(indices, default=-1) + 1
+    }
+
+
+class _Writers:
+    """At most `limit` spool writes at once; the first failure is re-raised by `wait`."""
+
+    def __init__(self, limit: int) -> None:
+        self._slots = asyncio.Semaphore(limit)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._error: BaseException | None = None
+
+    async def start(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` once a slot is free; raise the first earlier failure instead."""
+        try:
+            await self._slots.acquire()
+            self._raise_failure()
+        except BaseException:
+            work.close()  # never started: no "coroutine was never awaited" warning
+            raise
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._slots.release()
+        if not task.cancelled() and task.exception() is not None and self._error is None:
+            self._error = task.exception()
+
+    def _raise_failure(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    async def wait(self) -> None:
+        while self._tasks:
+            await asyncio.wait(set(self._tasks))
+        self._raise_failure()
+
+    async def cancel(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
 async def prepare_journal(journal: Journal, seed: int | None) -> int:
