@@ -16,6 +16,15 @@ from transfer.retry import RetryPolicy
 from transfer.uploader import Uploader
 
 
+def spooled(path: Path, file_id: str, data: bytes, journaled: bytes | None = None) -> JournalEntry:
+    """`data` on disk, journaled with the digest of `journaled` (default: `data`)."""
+    path.write_bytes(data)
+    digest = xxhash.xxh3_128_hexdigest(data if journaled is None else journaled)
+    return JournalEntry(
+        file_id, path.name, str(path), len(data), "int16", digest, FileState.GENERATED
+    )
+
+
 def _requests(log_events: list[dict[str, object]], method: str) -> int:
     return sum(1 for e in log_events if e.get("event") == "request" and e.get("method") == method)
 
@@ -42,12 +51,8 @@ async def test_a_file_damaged_before_its_first_upload_is_never_published(
     """The fresh path skips the local re-read, but the server checks the journaled
     digest: the damaged bytes are refused, and the retry's local check fails the file."""
     journaled = b"\x01\x00" * 5000
-    path = tmp_path / "a.bin"
-    path.write_bytes(journaled[:-1] + b"\x7f")  # damaged after it was hashed
-    entry = JournalEntry(
-        "run-00000", "a.bin", str(path), len(journaled), "int16",
-        xxhash.xxh3_128_hexdigest(journaled), FileState.GENERATED,
-    )  # fmt: skip
+    damaged = journaled[:-1] + b"\x7f"  # changed on disk after it was hashed
+    entry = spooled(tmp_path / "a.bin", "run-00000", damaged, journaled)
     url = str(served.client.make_url("/"))
     async with aiohttp.ClientSession() as session:
         policy = RetryPolicy(max_attempts=3, sleep=_no_sleep)
@@ -67,12 +72,7 @@ async def test_a_chunk_refused_every_time_fails_instead_of_looping(
     served: Served, tmp_path: Path
 ) -> None:
     data = b"\x02\x00" * 3000
-    path = tmp_path / "b.bin"
-    path.write_bytes(data)
-    entry = JournalEntry(
-        "run-00001", "b.bin", str(path), len(data), "int16",
-        xxhash.xxh3_128_hexdigest(data), FileState.GENERATED,
-    )  # fmt: skip
+    entry = spooled(tmp_path / "b.bin", "run-00001", data)
     url = str(served.client.make_url("/"))
     async with aiohttp.ClientSession() as session:
         client = UploadClient(session, url, corruptor=Corruptor(1.0, seed=1))
@@ -88,12 +88,7 @@ async def test_a_large_file_streams_with_two_chunks_in_flight(
     served: Served, tmp_path: Path
 ) -> None:
     data = bytes(range(256)) * (7 * 1024 + 3)  # ~1.8 MiB: 8 chunks of 256 KiB
-    path = tmp_path / "c.bin"
-    path.write_bytes(data)
-    entry = JournalEntry(
-        "run-00002", "c.bin", str(path), len(data), "int16",
-        xxhash.xxh3_128_hexdigest(data), FileState.GENERATED,
-    )  # fmt: skip
+    entry = spooled(tmp_path / "c.bin", "run-00002", data)
     url = str(served.client.make_url("/"))
     async with aiohttp.ClientSession() as session:
         uploader = Uploader(UploadClient(session, url), 256 * 1024, RetryPolicy(timeout=10.0))
@@ -112,12 +107,7 @@ async def test_a_pipeline_surprise_falls_back_to_one_chunk_at_a_time(
     chunks overlap it, the short acknowledgement ends the pipeline, and the careful path
     finishes the file from the server's offset."""
     data = bytes(range(256)) * 4096  # 1 MiB: 4 chunks of 256 KiB
-    path = tmp_path / "d.bin"
-    path.write_bytes(data)
-    entry = JournalEntry(
-        "run-00003", "d.bin", str(path), len(data), "int16",
-        xxhash.xxh3_128_hexdigest(data), FileState.GENERATED,
-    )  # fmt: skip
+    entry = spooled(tmp_path / "d.bin", "run-00003", data)
     prefix = data[: 300 * 1024]
     resp = await served.client.put(
         "/uploads/run-00003",

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -19,6 +18,7 @@ import structlog
 
 from transfer import logs, report
 from transfer.cli import send, serve
+from transfer.cli.common import token_of
 from transfer.errors import ConfigError, TransferError
 from transfer.units import parse_duration, parse_size
 
@@ -85,7 +85,7 @@ def _report(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    token = getattr(args, "token", None) or os.environ.get("TRANSFER_TOKEN")
+    token = token_of(args)
     logs.configure(
         args.log_format, log_file=args.log_file, level=args.log_level, secrets=[token or ""]
     )

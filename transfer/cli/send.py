@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import signal
 import sys
 from collections.abc import Callable
@@ -21,7 +20,7 @@ import structlog
 from aiohttp import web
 
 from transfer import status
-from transfer.cli.serve import TOKEN_ENV
+from transfer.cli.common import add_token, token_of
 from transfer.client import Corruptor, UploadClient
 from transfer.errors import ConfigError, TransferError
 from transfer.generator import GeneratorConfig
@@ -85,7 +84,7 @@ def add_parsers(
 
 
 def _add_connection(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--token", default=None, help=f"bearer token (or ${TOKEN_ENV})")
+    add_token(p)
     p.add_argument("--ca-file", type=Path, help="trust this CA (PEM) for an https server")
 
 
@@ -124,7 +123,7 @@ def run_send(args: argparse.Namespace) -> int:
 
 
 def _session(args: argparse.Namespace, concurrency: int) -> aiohttp.ClientSession:
-    token = args.token if args.token is not None else os.environ.get(TOKEN_ENV) or None
+    token = token_of(args)
     context = client_context(args.ca_file) if args.server.startswith("https://") else None
     session = aiohttp.ClientSession(
         headers={"Authorization": f"Bearer {token}"} if token else None,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import signal
 import ssl
 from collections.abc import Callable
@@ -14,6 +13,7 @@ from typing import Any, TypeAlias
 import structlog
 from aiohttp import web
 
+from transfer.cli.common import add_token, token_of
 from transfer.errors import ConfigError
 from transfer.middleware import AccessLogger
 from transfer.server import ServerConfig, make_app
@@ -23,7 +23,6 @@ from transfer.tls import server_context
 log = structlog.get_logger("transfer.serve")
 # Any: the subparsers are the CLI's own ArgumentParser subclass.
 Sub: TypeAlias = "argparse._SubParsersAction[Any]"
-TOKEN_ENV = "TRANSFER_TOKEN"
 
 
 def add_parser(
@@ -50,7 +49,7 @@ def add_parser(
         default="always",
         help="'never' skips fsync: faster, and UNSAFE (a crash can lose acknowledged bytes)",
     )
-    p.add_argument("--token", default=None, help=f"bearer token (or ${TOKEN_ENV})")
+    add_token(p)
     p.add_argument("--protect-metrics", action="store_true", help="/metrics needs the token")
     p.add_argument("--tls-cert", type=Path, help="PEM certificate chain (with --tls-key)")
     p.add_argument("--tls-key", type=Path, help="PEM private key")
@@ -65,7 +64,7 @@ def _config(args: argparse.Namespace) -> ServerConfig:
         raise ConfigError("--port must be 0-65535")
     if args.idle_timeout <= 0 or args.partial_ttl <= 0:
         raise ConfigError("--idle-timeout and --partial-ttl must be positive")
-    token = args.token if args.token is not None else os.environ.get(TOKEN_ENV) or None
+    token = token_of(args)
     if token is not None and len(token) < 16:
         raise ConfigError("the token must be at least 16 characters")
     return ServerConfig(
