@@ -48,8 +48,7 @@ def test_fresh_files_are_created_by_their_first_put(tmp_path: Path) -> None:
 async def test_a_file_damaged_before_its_first_upload_is_never_published(
     served: Served, tmp_path: Path
 ) -> None:
-    """The fresh path skips the local re-read, but the server checks the journaled
-    digest: the damaged bytes are refused, and the retry's local check fails the file."""
+    """The fresh path skips the POST, not the local check: nothing is sent."""
     journaled = b"\x01\x00" * 5000
     damaged = journaled[:-1] + b"\x7f"  # changed on disk after it was hashed
     entry = spooled(tmp_path / "a.bin", "run-00000", damaged, journaled)
@@ -61,7 +60,8 @@ async def test_a_file_damaged_before_its_first_upload_is_never_published(
 
     assert done.state is FileState.FAILED
     assert done.reason is not None and "changed on disk" in done.reason
-    assert served.published() == []
+    assert uploader.stats.bytes_sent == 0
+    assert not (served.data_dir / "uploads" / "run-00000.part").exists()
 
 
 async def _no_sleep(seconds: float) -> None:

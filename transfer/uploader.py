@@ -68,16 +68,14 @@ class Uploader:
     async def deliver(self, entry: JournalEntry, *, fresh: bool = False) -> JournalEntry:
         """Upload `entry` until confirmed or failed; returns the entry's new state.
 
-        `fresh`: this process journaled the entry from bytes it hashed itself, and the
-        server cannot know the id yet. The first attempt then skips re-reading the file
-        (the server still checks the journaled digest as `Repr-Digest`) and the POST
-        (its first PUT creates the upload). Resumed and re-sent files get both.
+        `fresh`: this process journaled the entry itself, under an id the server cannot
+        know yet, so the first attempt skips the POST: its first PUT creates the upload.
+        Every attempt, fresh or not, first checks the file against the journal.
         """
         for attempt in range(self.mismatch_retries + 1):
             inline = fresh and attempt == 0
             try:
-                if not inline:
-                    await check_local(entry)
+                await check_local(entry)
                 progress = await self._push(entry, inline=inline)
             except RemoteError as exc:
                 if exc.code == "repr_digest_mismatch" and attempt < self.mismatch_retries:
