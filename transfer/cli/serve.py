@@ -14,6 +14,7 @@ import structlog
 from aiohttp import web
 
 from transfer.cli.common import add_token, token_of
+from transfer.connlimit import LimitedTCPSite
 from transfer.errors import ConfigError
 from transfer.middleware import AccessLogger
 from transfer.server import ServerConfig, make_app
@@ -40,6 +41,9 @@ def add_parser(
     p.add_argument("--idle-timeout", type=duration, default="30s", help="per-read body timeout")
     p.add_argument("--min-rate", type=size, default="1KiB", help="slowest body, bytes/s")
     p.add_argument("--max-active", type=int, default=64, help="most uploads receiving at once")
+    p.add_argument(
+        "--max-connections", type=int, default=512, help="open connections (503 past it)"
+    )
     p.add_argument("--max-partial", type=size, default="256GiB", help="all partial bytes")
     p.add_argument("--reserve", type=size, default="256MiB", help="disk space kept free")
     p.add_argument("--partial-ttl", type=duration, default="24h", help="idle partials expire")
@@ -93,7 +97,18 @@ def run(args: argparse.Namespace) -> int:
     config = _config(args)
     context = _tls(args)
     store = FileStore(args.data_dir, durable=args.fsync == "always")
-    asyncio.run(_serve(store, config, args.host, args.port, context))
+    if args.max_connections < 1:
+        raise ConfigError("--max-connections must be at least 1")
+    asyncio.run(
+        _serve(
+            store,
+            config,
+            args.host,
+            args.port,
+            context=context,
+            max_connections=args.max_connections,
+        )
+    )
     return 0
 
 
@@ -102,7 +117,9 @@ async def _serve(
     config: ServerConfig,
     host: str,
     port: int,
+    *,
     context: ssl.SSLContext | None,
+    max_connections: int,
 ) -> None:
     try:
         recovered = store.open()
@@ -114,7 +131,14 @@ async def _serve(
         make_app(store, config), access_log_class=AccessLogger, keepalive_timeout=75.0
     )
     await runner.setup()
-    site = web.TCPSite(runner, host, port, shutdown_timeout=10.0, ssl_context=context)
+    site = LimitedTCPSite(
+        runner,
+        host,
+        port,
+        max_connections=max_connections,
+        shutdown_timeout=10.0,
+        ssl_context=context,
+    )
     try:
         await site.start()
     except OSError as exc:
