@@ -7,7 +7,7 @@ handlers reach the store, the locks and the metrics only through it.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -52,6 +52,3 @@ class ServerState:
 
 
 STATE = web.AppKey("state", ServerState)
-
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -219,7 +219,6 @@ class Creation:
     metadata: dict[str, str]
 
 
-_CREATION_KEYS = frozenset({"id", "name", "size", "metadata"})
 MAX_NAME = 1024
 MAX_METADATA = 64
 

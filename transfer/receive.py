@@ -60,7 +60,7 @@ async def create_upload(request: web.Request) -> web.Response:
     upload_id = creation.upload_id or secrets.token_urlsafe(16)
     request[UPLOAD_ID] = upload_id
     spec = UploadSpec(
-        upload_id, creation.name, creation.size, creation.metadata, _repr_digest(request)
+        upload_id, creation.name, creation.size, creation.metadata, _digests(request, "Repr-Digest")
     )
     async with state.locks.hold(upload_id):
         existing = await state.store.get(upload_id)
@@ -90,13 +90,9 @@ async def _json_body(request: web.Request) -> object:
         raise BadRequest("invalid_body", f"the body is not valid JSON: {exc}") from exc
 
 
-def _repr_digest(request: web.Request) -> dict[str, bytes]:
-    value = request.headers.get("Repr-Digest")
-    return integrity.parse_digest_field(value) if value is not None else {}
-
-
-def _content_digest(request: web.Request) -> dict[str, bytes]:
-    value = request.headers.get("Content-Digest")
+def _digests(request: web.Request, header: str) -> dict[str, bytes]:
+    """A `Repr-Digest` or `Content-Digest` header parsed ({} when absent)."""
+    value = request.headers.get(header)
     return integrity.parse_digest_field(value) if value is not None else {}
 
 
@@ -117,7 +113,8 @@ async def put_chunk(request: web.Request) -> web.Response:
     state = request.app[STATE]
     upload_id = upload_id_of(request)
     rng = _content_range(request)
-    content_digest, repr_digest = _content_digest(request), _repr_digest(request)
+    content_digest = _digests(request, "Content-Digest")
+    repr_digest = _digests(request, "Repr-Digest")
     _check_limits(state.config, request, rng)
     async with state.locks.hold(upload_id):
         info = await state.store.get(upload_id)

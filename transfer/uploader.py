@@ -203,9 +203,7 @@ class Uploader:
         known: Progress | None,
     ) -> Progress:
         if known is None:
-            known = await self.client.query(entry.file_id)
-            if known.missing:
-                known = await self._create(entry)
+            known = await self._resync(entry)
             if known.record is not None:
                 return known
         if entry.size == 0:
@@ -226,18 +224,19 @@ class Uploader:
     async def _retry(
         self, entry: JournalEntry, step: Callable[[], Awaitable[Progress]]
     ) -> Progress:
-        """Run `step`; on a TransientError, back off and run a fresh resync + step."""
+        """Run `step`; on a TransientError, back off and only ask where the server stands
+        (`_resync`): the caller's loop then sends from that offset."""
         first = True
         async for attempt in self.policy.retrying(lambda state: self._log_retry(entry, state)):
             with attempt:
                 if first:
                     first = False
                     return await step()
-                return await self._after_failure(entry)
+                return await self._resync(entry)
         raise AssertionError("unreachable: tenacity reraises")
 
-    async def _after_failure(self, entry: JournalEntry) -> Progress:
-        """After a transient failure nothing is known: ask the server where it stands."""
+    async def _resync(self, entry: JournalEntry) -> Progress:
+        """Ask the server where the upload stands (creating it if the server lost it)."""
         known = await self.client.query(entry.file_id)
         return await self._create(entry) if known.missing else known
 
