@@ -59,8 +59,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from transfer.faultproxy import Fault, FaultProxy, Plan, ProxyStats, random_plan
-from transfer.units import parse_duration
+from transfer.core.units import parse_duration
+from transfer.testing.faultproxy import Fault, FaultProxy, Plan, ProxyStats, random_plan
 
 HOST = "127.0.0.1"
 POLL = 0.002  # seconds between two looks at logs and the uploads directory

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The README's test command: sets up .venv if missing, installs the package with
-# its dev extra, then runs ruff, mypy --strict and pytest. Extra arguments go to pytest.
+# its dev extra, then runs ruff, the import contracts, mypy --strict and pytest. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
@@ -12,6 +12,8 @@ fi
 echo "== ruff"
 .venv/bin/ruff check transfer tests scripts
 .venv/bin/ruff format --check transfer tests scripts
+echo "== import contracts"
+.venv/bin/lint-imports
 echo "== mypy --strict"
 .venv/bin/mypy
 echo "== pytest"

@@ -34,8 +34,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
-from transfer.server import ServerConfig, make_app
-from transfer.storage import FileStore
+from transfer.server.app import ServerConfig, make_app
+from transfer.store.filestore import FileStore
 
 HOST = "127.0.0.1"
 START_DEADLINE = 15.0  # seconds for a child server to announce itself

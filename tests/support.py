@@ -32,8 +32,8 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 from urllib.parse import urlsplit
 
-from transfer.faultproxy import Fault, FaultProxy
-from transfer.journal import FileJournal, FileState, JournalEntry
+from transfer.sender.journal import FileJournal, FileState, JournalEntry
+from transfer.testing.faultproxy import Fault, FaultProxy
 
 HOST = "127.0.0.1"
 POLL = 0.005  # seconds between two looks at a log file

@@ -31,7 +31,7 @@ from support import (
     wait_until,
 )
 
-from transfer.faultproxy import NO_FAULT, Fault, Plan, random_plan
+from transfer.testing.faultproxy import NO_FAULT, Fault, Plan, random_plan
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from chaos import ChaosConfig, ChaosReport, Run, check_invariants, run_chaos

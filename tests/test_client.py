@@ -22,11 +22,11 @@ import xxhash
 from aiohttp import web
 from pytest_aiohttp import AiohttpServer
 
-from transfer.client import Corruptor, Progress, UploadClient
-from transfer.errors import Interrupted, RemoteError, TransientError
-from transfer.journal import FileState, JournalEntry
-from transfer.retry import RetryPolicy
-from transfer.uploader import Uploader
+from transfer.core.errors import Interrupted, RemoteError, TransientError
+from transfer.sender.client import Corruptor, Progress, UploadClient
+from transfer.sender.journal import FileState, JournalEntry
+from transfer.sender.retry import RetryPolicy
+from transfer.sender.uploader import Uploader
 
 pytestmark = pytest.mark.timeout(20)
 

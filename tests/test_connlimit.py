@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from transfer.connlimit import LimitedTCPSite
-from transfer.server import make_app
-from transfer.storage import FileStore
+from transfer.server.app import make_app
+from transfer.server.connlimit import LimitedTCPSite
+from transfer.store.filestore import FileStore
 
 DEADLINE = 5.0
 

@@ -40,7 +40,7 @@ from support import (
     wait_until,
 )
 
-from transfer.journal import LOG_NAME, FileJournal, scan_frames
+from transfer.sender.journal import LOG_NAME, FileJournal, scan_frames
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(90)]
 

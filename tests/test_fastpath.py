@@ -10,10 +10,10 @@ import xxhash
 from conftest import Served
 from support import Launcher, assert_delivered
 
-from transfer.client import Corruptor, UploadClient
-from transfer.journal import FileState, JournalEntry
-from transfer.retry import RetryPolicy
-from transfer.uploader import Uploader
+from transfer.sender.client import Corruptor, UploadClient
+from transfer.sender.journal import FileState, JournalEntry
+from transfer.sender.retry import RetryPolicy
+from transfer.sender.uploader import Uploader
 
 
 def spooled(path: Path, file_id: str, data: bytes, journaled: bytes | None = None) -> JournalEntry:

@@ -11,8 +11,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from transfer.errors import ConfigError
-from transfer.faultproxy import NO_FAULT, Fault, FaultProxy, random_plan
+from transfer.core.errors import ConfigError
+from transfer.testing.faultproxy import NO_FAULT, Fault, FaultProxy, random_plan
 
 pytestmark = pytest.mark.timeout(20)
 

@@ -52,10 +52,10 @@ from aiohttp import web
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from transfer import integrity, protocol
-from transfer.errors import ProtocolError
-from transfer.server import ServerConfig, make_app
-from transfer.storage import FileStore
+from transfer.core import integrity, protocol
+from transfer.core.errors import ProtocolError
+from transfer.server.app import ServerConfig, make_app
+from transfer.store.filestore import FileStore
 
 pytestmark = pytest.mark.timeout(120)
 

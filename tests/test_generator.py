@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from transfer.errors import ConfigError
-from transfer.generator import FileSpec, GeneratorConfig, content_for, generate, spec_for
+from transfer.core.errors import ConfigError
+from transfer.sender.generator import FileSpec, GeneratorConfig, content_for, generate, spec_for
 
 seeds = st.integers(min_value=-(2**63), max_value=2**63)
 indices = st.integers(min_value=0, max_value=10_000)

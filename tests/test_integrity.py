@@ -15,8 +15,8 @@ import xxhash
 from hypothesis import given
 from hypothesis import strategies as st
 
-from transfer.errors import BadRequest, DigestMismatch
-from transfer.integrity import (
+from transfer.core.errors import BadRequest, DigestMismatch
+from transfer.core.integrity import (
     ALGORITHMS,
     PREFERRED,
     MultiHasher,

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from transfer import journal as journal_module
-from transfer.errors import JournalError
-from transfer.journal import (
+from transfer.core.errors import JournalError
+from transfer.sender import journal as journal_module
+from transfer.sender.journal import (
     LOG_NAME,
     MAGIC,
     MAX_PAYLOAD,

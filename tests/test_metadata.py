@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from transfer.errors import BadRequest
-from transfer.protocol import MAX_METADATA, format_upload_metadata, parse_upload_metadata
+from transfer.core.errors import BadRequest
+from transfer.core.protocol import MAX_METADATA, format_upload_metadata, parse_upload_metadata
 
 keys = st.from_regex(r"[A-Za-z0-9_.-]{1,64}", fullmatch=True).filter(lambda k: k != "name")
 texts = st.text(min_size=0, max_size=40)

@@ -15,8 +15,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from transfer.errors import BadRequest, Conflict, ProtocolError, RangeNotSatisfiable
-from transfer.protocol import (
+from transfer.core.errors import BadRequest, Conflict, ProtocolError, RangeNotSatisfiable
+from transfer.core.protocol import (
     MAX_POSITION,
     ChunkPlan,
     ChunkRange,

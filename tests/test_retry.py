@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 import pytest
 from tenacity import RetryCallState, wait_fixed
 
-from transfer.errors import RemoteError, TransferError, TransientError
-from transfer.retry import RetryPolicy, wait_retry_after
+from transfer.core.errors import RemoteError, TransferError, TransientError
+from transfer.sender.retry import RetryPolicy, wait_retry_after
 
 pytestmark = pytest.mark.timeout(10)
 

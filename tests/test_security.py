@@ -34,11 +34,11 @@ from conftest import HOST, MakeServed, Served, content_range
 from pytest_aiohttp import AiohttpClient
 from support import Launcher, LogFile, assert_delivered, read_journal, run_transfer
 
-from transfer.expiry import sweep_once
-from transfer.journal import FileState
-from transfer.server import STATE, ServerConfig, make_app
-from transfer.storage import FileStore
-from transfer.tls import server_context
+from transfer.common.tls import server_context
+from transfer.sender.journal import FileState
+from transfer.server.app import STATE, ServerConfig, make_app
+from transfer.server.expiry import sweep_once
+from transfer.store.filestore import FileStore
 
 pytestmark = pytest.mark.timeout(60)
 

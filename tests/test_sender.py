@@ -30,15 +30,15 @@ from support import (
     run_transfer,
 )
 
-from transfer.client import UploadClient
-from transfer.generator import GeneratorConfig, content_for, spec_for
-from transfer.journal import FileJournal, FileState, JournalEntry
-from transfer.retry import RetryPolicy
-from transfer.sender import Sender, SenderConfig, prepare_journal
-from transfer.server import make_app
-from transfer.status import make_status_app
-from transfer.storage import FileStore
-from transfer.uploader import Uploader
+from transfer.sender.client import UploadClient
+from transfer.sender.generator import GeneratorConfig, content_for, spec_for
+from transfer.sender.journal import FileJournal, FileState, JournalEntry
+from transfer.sender.pipeline import Sender, SenderConfig, prepare_journal
+from transfer.sender.retry import RetryPolicy
+from transfer.sender.status import make_status_app
+from transfer.sender.uploader import Uploader
+from transfer.server.app import make_app
+from transfer.store.filestore import FileStore
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -35,15 +35,15 @@ from support import (
     wait_until,
 )
 
-from transfer.client import UploadClient
-from transfer.faultproxy import Fault
-from transfer.generator import GeneratorConfig, content_for, spec_for
-from transfer.journal import FileJournal, FileState, Journal, JournalEntry
-from transfer.retry import RetryPolicy
-from transfer.sender import Sender, SenderConfig, prepare_journal
-from transfer.server import STATE, make_app
-from transfer.storage import FileStore
-from transfer.uploader import Uploader
+from transfer.sender.client import UploadClient
+from transfer.sender.generator import GeneratorConfig, content_for, spec_for
+from transfer.sender.journal import FileJournal, FileState, Journal, JournalEntry
+from transfer.sender.pipeline import Sender, SenderConfig, prepare_journal
+from transfer.sender.retry import RetryPolicy
+from transfer.sender.uploader import Uploader
+from transfer.server.app import STATE, make_app
+from transfer.store.filestore import FileStore
+from transfer.testing.faultproxy import Fault
 
 pytestmark = [pytest.mark.slow, pytest.mark.chaos, pytest.mark.timeout(90)]
 

@@ -13,11 +13,11 @@ from aiohttp import web
 from conftest import HOST, MakeServed, Served, content_range, digest_field
 from pytest_aiohttp import AiohttpClient
 
-from transfer.auth import token_matches
-from transfer.logs import redactor
-from transfer.protocol import format_upload_metadata
-from transfer.server import ServerConfig, make_app
-from transfer.storage import FileStore, UploadInfo
+from transfer.cli.logs import redactor
+from transfer.core.protocol import format_upload_metadata
+from transfer.server.app import ServerConfig, make_app
+from transfer.server.auth import token_matches
+from transfer.store.filestore import FileStore, UploadInfo
 
 TOKEN = "s3cret-token-value"
 

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from transfer.errors import ConfigError
-from transfer.units import format_size, parse_duration, parse_size
+from transfer.core.errors import ConfigError
+from transfer.core.units import format_size, parse_duration, parse_size
 
 KIB, MIB, GIB = 1024, 1024**2, 1024**3
 

@@ -16,11 +16,10 @@ from typing import Any, NoReturn, TypeAlias
 
 import structlog
 
-from transfer import logs, report
-from transfer.cli import send, serve
+from transfer.cli import logs, report, send, serve
 from transfer.cli.common import token_of
-from transfer.errors import ConfigError, TransferError
-from transfer.units import parse_duration, parse_size
+from transfer.core.errors import ConfigError, TransferError
+from transfer.core.units import parse_duration, parse_size
 
 log = structlog.get_logger("transfer.cli")
 # Any: the subparsers are the CLI's own ArgumentParser subclass.

@@ -19,16 +19,16 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from transfer import status
 from transfer.cli.common import add_token, token_of
-from transfer.client import Corruptor, UploadClient
-from transfer.errors import ConfigError, TransferError
-from transfer.generator import GeneratorConfig
-from transfer.journal import FileJournal, FileState, JournalEntry
-from transfer.retry import RetryPolicy
-from transfer.sender import Sender, SenderConfig, prepare_journal
-from transfer.tls import client_context
-from transfer.uploader import Uploader
+from transfer.common.tls import client_context
+from transfer.core.errors import ConfigError, TransferError
+from transfer.sender import status
+from transfer.sender.client import Corruptor, UploadClient
+from transfer.sender.generator import GeneratorConfig
+from transfer.sender.journal import FileJournal, FileState, JournalEntry
+from transfer.sender.pipeline import Sender, SenderConfig, prepare_journal
+from transfer.sender.retry import RetryPolicy
+from transfer.sender.uploader import Uploader
 
 log = structlog.get_logger("transfer.send")
 KiB = 1024

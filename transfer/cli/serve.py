@@ -14,12 +14,12 @@ import structlog
 from aiohttp import web
 
 from transfer.cli.common import add_token, token_of
-from transfer.connlimit import LimitedTCPSite
-from transfer.errors import ConfigError
-from transfer.middleware import AccessLogger
-from transfer.server import ServerConfig, make_app
-from transfer.storage import FileStore
-from transfer.tls import server_context
+from transfer.common.tls import server_context
+from transfer.core.errors import ConfigError
+from transfer.server.app import ServerConfig, make_app
+from transfer.server.connlimit import LimitedTCPSite
+from transfer.server.middleware import AccessLogger
+from transfer.store.filestore import FileStore
 
 log = structlog.get_logger("transfer.serve")
 # Any: the subparsers are the CLI's own ArgumentParser subclass.

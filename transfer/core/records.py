@@ -11,12 +11,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from transfer import integrity
-from transfer.errors import (
+from transfer.core import integrity
+from transfer.core.errors import (
     Conflict,
 )
-from transfer.integrity import Digests
-from transfer.protocol import UploadState
+from transfer.core.integrity import Digests
+from transfer.core.protocol import UploadState
 
 
 @dataclass(frozen=True, slots=True)

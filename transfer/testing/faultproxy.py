@@ -33,7 +33,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import NoReturn, Self, TypeAlias
 
-from transfer.errors import ConfigError
+from transfer.core.errors import ConfigError
 
 _CHUNK = 64 * 1024
 _KINDS = ("cut", "reset", "stall")

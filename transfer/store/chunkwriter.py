@@ -20,11 +20,11 @@ import os
 from collections.abc import AsyncIterable, Callable
 from pathlib import Path
 
-from transfer import integrity
-from transfer.errors import BadRequest, InsufficientStorage, StorageFailure
-from transfer.fsutil import write_all
-from transfer.integrity import Digests, MultiHasher
-from transfer.protocol import ChunkPlan
+from transfer.common.fsutil import write_all
+from transfer.core import integrity
+from transfer.core.errors import BadRequest, InsufficientStorage, StorageFailure
+from transfer.core.integrity import Digests, MultiHasher
+from transfer.core.protocol import ChunkPlan
 
 FLUSH_EVERY = 4 * 1024 * 1024
 

@@ -27,16 +27,16 @@ import xxhash
 from aiofiles.threadpool.binary import AsyncBufferedReader
 from tenacity import RetryCallState
 
-from transfer.client import Announce, Progress, UploadClient
-from transfer.errors import (
+from transfer.common.fsutil import feed_file
+from transfer.core.errors import (
     Interrupted,
     LocalFileDamaged,
     RemoteError,
     TransientError,
 )
-from transfer.fsutil import feed_file
-from transfer.journal import FileState, JournalEntry
-from transfer.retry import RetryPolicy
+from transfer.sender.client import Announce, Progress, UploadClient
+from transfer.sender.journal import FileState, JournalEntry
+from transfer.sender.retry import RetryPolicy
 
 log = structlog.get_logger("transfer.uploader")
 

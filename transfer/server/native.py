@@ -21,9 +21,8 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from transfer import integrity, protocol
-from transfer.appstate import STATE, ServerConfig, ServerState
-from transfer.errors import (
+from transfer.core import integrity, protocol
+from transfer.core.errors import (
     BadRequest,
     DigestMismatch,
     InsufficientStorage,
@@ -33,9 +32,9 @@ from transfer.errors import (
     RequestTimeout,
     ServiceUnavailable,
 )
-from transfer.middleware import BYTES, UPLOAD_ID
-from transfer.storage import UploadInfo, UploadSpec
-from transfer.views import (
+from transfer.server.middleware import BYTES, UPLOAD_ID
+from transfer.server.state import STATE, ServerConfig, ServerState
+from transfer.server.views import (
     completed,
     describe,
     expiry_headers,
@@ -44,6 +43,7 @@ from transfer.views import (
     range_headers,
     upload_id_of,
 )
+from transfer.store.filestore import UploadInfo, UploadSpec
 
 log = structlog.get_logger("transfer.server")
 

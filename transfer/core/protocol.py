@@ -22,7 +22,7 @@ import enum
 import re
 from dataclasses import dataclass
 
-from transfer.errors import BadRequest, Conflict, RangeNotSatisfiable
+from transfer.core.errors import BadRequest, Conflict, RangeNotSatisfiable
 
 # No file we accept comes near this; it keeps absurd numbers out of arithmetic.
 MAX_POSITION = 2**53

@@ -11,14 +11,14 @@ from email.utils import formatdate
 import structlog
 from aiohttp import web
 
-from transfer import integrity, protocol
-from transfer.appstate import STATE, ServerState
-from transfer.errors import (
+from transfer.core import integrity, protocol
+from transfer.core.errors import (
     Conflict,
     NotFound,
 )
-from transfer.middleware import UPLOAD_ID
-from transfer.storage import UploadInfo
+from transfer.server.middleware import UPLOAD_ID
+from transfer.server.state import STATE, ServerState
+from transfer.store.filestore import UploadInfo
 
 log = structlog.get_logger("transfer.server")
 

@@ -18,14 +18,14 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from transfer.appstate import STATE, MiB, ServerConfig, ServerState
-from transfer.auth import bearer_middleware
-from transfer.expiry import sweep_forever
-from transfer.metrics import Metrics
-from transfer.middleware import problems_middleware
-from transfer.receive import create_upload, put_chunk
-from transfer.storage import UploadStore
-from transfer.views import delete_upload, get_file, get_upload, head_upload, healthz, metrics
+from transfer.common.metrics import Metrics
+from transfer.server.auth import bearer_middleware
+from transfer.server.expiry import sweep_forever
+from transfer.server.middleware import problems_middleware
+from transfer.server.native import create_upload, put_chunk
+from transfer.server.state import STATE, MiB, ServerConfig, ServerState
+from transfer.server.views import delete_upload, get_file, get_upload, head_upload, healthz, metrics
+from transfer.store.filestore import UploadStore
 
 log = structlog.get_logger("transfer.server")
 

@@ -13,9 +13,9 @@ from collections.abc import Callable
 
 import structlog
 
-from transfer.locks import KeyedLocks
-from transfer.metrics import Metrics
-from transfer.storage import UploadStore
+from transfer.common.metrics import Metrics
+from transfer.server.locks import KeyedLocks
+from transfer.store.filestore import UploadStore
 
 log = structlog.get_logger("transfer.expiry")
 

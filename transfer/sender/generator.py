@@ -27,7 +27,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
-from transfer.errors import ConfigError
+from transfer.core.errors import ConfigError
 
 Sleep = Callable[[float], Awaitable[None]]
 Clock = Callable[[], float]

@@ -30,12 +30,12 @@ from typing import Any
 import structlog
 import xxhash
 
-from transfer.errors import ConfigError, Interrupted
-from transfer.fsutil import remove_tmp_files, write_atomic
-from transfer.generator import FileSpec, GeneratorConfig, content_for, generate, spec_for
-from transfer.journal import FileState, Journal, JournalEntry
-from transfer.retry import Sleep
-from transfer.uploader import Uploader, hash_file
+from transfer.common.fsutil import remove_tmp_files, write_atomic
+from transfer.core.errors import ConfigError, Interrupted
+from transfer.sender.generator import FileSpec, GeneratorConfig, content_for, generate, spec_for
+from transfer.sender.journal import FileState, Journal, JournalEntry
+from transfer.sender.retry import Sleep
+from transfer.sender.uploader import Uploader, hash_file
 
 log = structlog.get_logger("transfer.sender")
 SPOOL_AHEAD = 8  # spool writes in flight while generation goes on

@@ -39,8 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from transfer.errors import JournalError
-from transfer.fsutil import fsync_dir, write_all
+from transfer.common.fsutil import fsync_dir, write_all
+from transfer.core.errors import JournalError
 
 MAGIC = b"TJ1"
 MAX_PAYLOAD = 1 << 20

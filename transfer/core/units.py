@@ -12,7 +12,7 @@ import math
 import re
 from fractions import Fraction
 
-from transfer.errors import ConfigError
+from transfer.core.errors import ConfigError
 
 _SIZE_UNITS = {
     "": 1,

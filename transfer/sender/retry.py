@@ -22,7 +22,7 @@ from tenacity import (
 from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
-from transfer.errors import TransientError
+from transfer.core.errors import TransientError
 
 Sleep = Callable[[float], Awaitable[None]]
 OnRetry = Callable[[RetryCallState], None]

@@ -13,9 +13,9 @@ from typing import TextIO
 
 from aiohttp import web
 
-from transfer.metrics import Metrics
-from transfer.sender import Sender
-from transfer.units import format_size
+from transfer.common.metrics import Metrics
+from transfer.core.units import format_size
+from transfer.sender.pipeline import Sender
 
 SENDER = web.AppKey("sender", Sender)
 

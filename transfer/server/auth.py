@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from transfer.errors import Unauthorized
+from transfer.core.errors import Unauthorized
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="transfer"'}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
-from transfer.errors import ConfigError
+from transfer.core.errors import ConfigError
 
 
 def server_context(cert: Path, key: Path) -> ssl.SSLContext:

@@ -33,13 +33,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from transfer import integrity
-from transfer.chunkwriter import ChunkWriter
-from transfer.errors import DigestMismatch
-from transfer.fsutil import feed_file, fsync_dir, remove_tmp_files, write_atomic
-from transfer.integrity import Digests, MultiHasher
-from transfer.protocol import ChunkPlan, UploadState, check_total
-from transfer.records import (
+from transfer.common.fsutil import feed_file, fsync_dir, remove_tmp_files, write_atomic
+from transfer.core import integrity
+from transfer.core.errors import DigestMismatch
+from transfer.core.integrity import Digests, MultiHasher
+from transfer.core.protocol import ChunkPlan, UploadState, check_total
+from transfer.core.records import (
     FileRecord,
     UploadInfo,
     UploadSpec,
@@ -48,6 +47,7 @@ from transfer.records import (
     spec_from_json,
     spec_to_json,
 )
+from transfer.store.chunkwriter import ChunkWriter
 
 
 class UploadStore(Protocol):

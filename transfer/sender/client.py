@@ -23,8 +23,8 @@ from typing import Any
 
 import aiohttp
 
-from transfer import integrity, protocol
-from transfer.errors import BadRequest, RemoteError, TransientError
+from transfer.core import integrity, protocol
+from transfer.core.errors import BadRequest, RemoteError, TransientError
 
 _TRANSIENT_CODES = frozenset({"chunk_digest_mismatch"})
 

@@ -25,7 +25,7 @@ from typing import Protocol
 
 import xxhash
 
-from transfer.errors import BadRequest, DigestMismatch
+from transfer.core.errors import BadRequest, DigestMismatch
 
 PREFERRED = "xxh3-128"
 

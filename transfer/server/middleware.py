@@ -20,8 +20,8 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.typedefs import Middleware
 
-from transfer.errors import DigestMismatch, ProtocolError
-from transfer.metrics import Metrics
+from transfer.common.metrics import Metrics
+from transfer.core.errors import DigestMismatch, ProtocolError
 
 log = structlog.get_logger("transfer.server")
 

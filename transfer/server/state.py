@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from transfer.locks import KeyedLocks
-from transfer.metrics import Metrics
-from transfer.storage import UploadStore
+from transfer.common.metrics import Metrics
+from transfer.server.locks import KeyedLocks
+from transfer.store.filestore import UploadStore
 
 MiB = 1024 * 1024
 
