@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import itertools
+from typing import Literal
 
 import pytest
 import xxhash
@@ -226,9 +227,9 @@ def test_verify_passes_on_equal_digests() -> None:
     verify(digests, dict(digests), what="chunk")
 
 
-@pytest.mark.parametrize("what", ["chunk", "file"])
+@pytest.mark.parametrize("what", ["chunk", "repr"])
 @pytest.mark.parametrize("algorithm", ["sha-256", "xxh3-128"])
-def test_verify_raises_on_any_difference(what: str, algorithm: str) -> None:
+def test_verify_raises_on_any_difference(what: Literal["chunk", "repr"], algorithm: str) -> None:
     good = {"sha-256": SHA256_ABC, "xxh3-128": reference(b"abc", "xxh3-128")}
     bad = dict(good)
     bad[algorithm] = bytes(SIZES[algorithm])
@@ -258,10 +259,10 @@ def test_verify_compares_only_algorithms_on_both_sides() -> None:
     verify({}, {"sha-256": SHA256_ABC}, what="chunk")
     verify({"sha-256": SHA256_ABC}, {}, what="chunk")
     # a wrong digest on one side only matters when the other side has that algorithm
-    verify({"sha-256": SHA256_EMPTY, "xxh3-128": XXH3_128_EMPTY}, xxh, what="file")
+    verify({"sha-256": SHA256_EMPTY, "xxh3-128": XXH3_128_EMPTY}, xxh, what="repr")
     with pytest.raises(DigestMismatch) as info:
-        verify({"sha-256": SHA256_EMPTY, "xxh3-128": XXH3_128_EMPTY}, sha, what="file")
-    assert info.value.code == "file_digest_mismatch"
+        verify({"sha-256": SHA256_EMPTY, "xxh3-128": XXH3_128_EMPTY}, sha, what="repr")
+    assert info.value.code == "repr_digest_mismatch"
 
 
 @given(st.binary(max_size=512), st.binary(max_size=512))

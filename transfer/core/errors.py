@@ -27,7 +27,73 @@ its `status` is the HTTP status the server answers with. Codes are snake_case.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping
+
+
+class Code(enum.StrEnum):
+    """Every stable error code, once, with the HTTP status and title it is answered with.
+
+    A member is a `str` (its code), so clients compare codes read off the wire with it
+    directly. docs/protocol.md lists the same table; tests/test_errors.py checks both
+    agree.
+    """
+
+    status: int
+    problem_title: str
+
+    def __new__(cls, code: str, status: int, title: str) -> Code:
+        member = str.__new__(cls, code)
+        member._value_ = code
+        member.status = status
+        member.problem_title = title
+        return member
+
+    # 400: the request itself is wrong
+    INVALID_BODY = "invalid_body", 400, "Bad Request"
+    INVALID_ID = "invalid_id", 400, "Bad Request"
+    SIZE_MISMATCH = "size_mismatch", 400, "Bad Request"
+    INVALID_DIGEST = "invalid_digest", 400, "Bad Request"
+    INVALID_METADATA = "invalid_metadata", 400, "Bad Request"
+    INVALID_CONTENT_RANGE = "invalid_content_range", 400, "Bad Request"
+    INVALID_RANGE = "invalid_range", 400, "Bad Request"
+    MISSING_CONTENT_RANGE = "missing_content_range", 400, "Bad Request"
+    UNEXPECTED_BODY = "unexpected_body", 400, "Bad Request"
+    LENGTH_MISMATCH = "length_mismatch", 400, "Bad Request"
+    BODY_TOO_LONG = "body_too_long", 400, "Bad Request"
+    BODY_TOO_SHORT = "body_too_short", 400, "Bad Request"
+    BODY_INCOMPLETE = "body_incomplete", 400, "Bad Request"
+    CHUNK_DIGEST_MISMATCH = "chunk_digest_mismatch", 400, "Digest Mismatch"
+    REPR_DIGEST_MISMATCH = "repr_digest_mismatch", 400, "Digest Mismatch"
+    # 401, 404, 405
+    UNAUTHORIZED = "unauthorized", 401, "Unauthorized"
+    UPLOAD_NOT_FOUND = "upload_not_found", 404, "Not Found"
+    FILE_NOT_FOUND = "file_not_found", 404, "Not Found"
+    NOT_FOUND = "not_found", 404, "Not Found"
+    METHOD_NOT_ALLOWED = "method_not_allowed", 405, "Method Not Allowed"
+    # 408: the body stopped or crawled
+    BODY_STALLED = "body_stalled", 408, "Request Timeout"
+    BODY_TOO_SLOW = "body_too_slow", 408, "Request Timeout"
+    # 409: the request disagrees with what is stored
+    OFFSET_GAP = "offset_gap", 409, "Conflict"
+    TOTAL_MISMATCH = "total_mismatch", 409, "Conflict"
+    UPLOAD_CONFLICT = "upload_conflict", 409, "Conflict"
+    UPLOAD_COMPLETE = "upload_complete", 409, "Conflict"
+    # 413, 415, 416
+    CHUNK_TOO_LARGE = "chunk_too_large", 413, "Payload Too Large"
+    UPLOAD_TOO_LARGE = "upload_too_large", 413, "Payload Too Large"
+    REQUEST_ENTITY_TOO_LARGE = "request_entity_too_large", 413, "Request Entity Too Large"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type", 415, "Unsupported Media Type"
+    RANGE_PAST_TOTAL = "range_past_total", 416, "Range Not Satisfiable"
+    # 5xx: the server could not, this time
+    STORAGE_ERROR = "storage_error", 500, "Storage Failure"
+    INTERNAL_ERROR = "internal_error", 500, "Internal Server Error"
+    TOO_MANY_UPLOADS = "too_many_uploads", 503, "Service Unavailable"
+    TOO_MANY_CONNECTIONS = "too_many_connections", 503, "Service Unavailable"
+    INSUFFICIENT_STORAGE = "insufficient_storage", 507, "Insufficient Storage"
+    PARTIAL_QUOTA_EXCEEDED = "partial_quota_exceeded", 507, "Insufficient Storage"
+    # Never answered by a server: the sender's own name for an untrusted certificate.
+    CERTIFICATE_VERIFY_FAILED = "certificate_verify_failed", 0, "Certificate Verify Failed"
 
 
 class TransferError(Exception):
@@ -35,20 +101,24 @@ class TransferError(Exception):
 
 
 class ProtocolError(TransferError):
-    """A refused request: rendered as `application/problem+json` (RFC 9457)."""
+    """A refused request: rendered as `application/problem+json` (RFC 9457).
 
-    status: int = 400
-    title: str = "Bad Request"
+    The subclasses are the kinds a caller catches; the status and title always come
+    from the `Code`, so a code answers the same wherever it is raised.
+    """
 
     def __init__(
         self,
-        code: str,
+        code: Code,
         detail: str,
         *,
         headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(detail)
-        self.code = code
+        # A str, not only a Code: the server's generic refusals carry aiohttp's reasons.
+        self.code: str = code
+        self.status = code.status
+        self.title = code.problem_title
         self.detail = detail
         self.headers: dict[str, str] = dict(headers or {})
 
@@ -58,69 +128,57 @@ class ProtocolError(TransferError):
             "type": f"urn:transfer:error:{self.code}",
             "title": self.title,
             "status": self.status,
-            "code": self.code,
+            "code": str(self.code),
             "detail": self.detail,
         }
 
 
 class BadRequest(ProtocolError):
-    status = 400
-    title = "Bad Request"
+    """Malformed headers, bodies or ids (400)."""
 
 
 class Unauthorized(ProtocolError):
-    status = 401
-    title = "Unauthorized"
+    """A missing or wrong bearer token (401)."""
 
 
 class DigestMismatch(ProtocolError):
-    status = 400
-    title = "Digest Mismatch"
+    """A chunk or a whole file did not match its declared digest (400)."""
 
 
 class NotFound(ProtocolError):
-    status = 404
-    title = "Not Found"
+    """No such upload or file (404)."""
 
 
 class Conflict(ProtocolError):
-    status = 409
-    title = "Conflict"
+    """The request disagrees with what is stored: gaps, totals, parameters (409)."""
 
 
 class RequestTimeout(ProtocolError):
-    status = 408
-    title = "Request Timeout"
+    """A request body stalled or crawled (408); the connection is closed."""
 
 
 class PayloadTooLarge(ProtocolError):
-    status = 413
-    title = "Payload Too Large"
+    """A chunk or upload over the configured limits (413)."""
 
 
 class RangeNotSatisfiable(ProtocolError):
-    status = 416
-    title = "Range Not Satisfiable"
+    """A range past a known total (416)."""
 
 
 class UnsupportedMediaType(ProtocolError):
-    status = 415
-    title = "Unsupported Media Type"
+    """A body of a type the endpoint does not take (415)."""
 
 
 class StorageFailure(ProtocolError):
-    status = 500
-    title = "Storage Failure"
+    """The disk or store failed (500); nothing was acknowledged."""
 
 
 class ServiceUnavailable(ProtocolError):
-    status = 503
-    title = "Service Unavailable"
+    """Too busy right now (503, with Retry-After)."""
 
 
 class InsufficientStorage(ProtocolError):
-    status = 507
-    title = "Insufficient Storage"
+    """No room: disk reserve or partial quota (507); nothing was acknowledged."""
 
 
 class RemoteError(TransferError):

@@ -6,7 +6,7 @@ Both are Structured Field Dictionaries of byte sequences:
     Repr-Digest: xxh3-128=:b64...:, sha-256=:b64...:
 
 Invariants:
-- Parsing is strict about syntax (a malformed field is `BadRequest("invalid_digest")`)
+- Parsing is strict about syntax (a malformed field is `BadRequest(Code.INVALID_DIGEST)`)
   and lenient about algorithms: unknown keys are ignored, as RFC 9530 allows, so a
   field naming only unknown algorithms verifies nothing.
 - A digest of the wrong length for its algorithm is malformed, not a mismatch.
@@ -21,11 +21,11 @@ import binascii
 import hashlib
 import re
 from collections.abc import Callable, Iterable, Mapping
-from typing import Protocol
+from typing import Literal, Protocol
 
 import xxhash
 
-from transfer.core.errors import BadRequest, DigestMismatch
+from transfer.core.errors import BadRequest, Code, DigestMismatch
 
 PREFERRED = "xxh3-128"
 
@@ -73,12 +73,12 @@ def parse_digest_field(value: str) -> dict[str, bytes]:
         BadRequest: `invalid_digest` for a malformed field or a digest of the wrong size.
     """
     if not value.isascii():
-        raise BadRequest("invalid_digest", "digest fields must be ASCII")
+        raise BadRequest(Code.INVALID_DIGEST, "digest fields must be ASCII")
     result: dict[str, bytes] = {}
     for member in value.split(","):
         match = _MEMBER.fullmatch(member.strip(" \t"))
         if match is None:
-            raise BadRequest("invalid_digest", f"malformed digest member {member.strip()!r}")
+            raise BadRequest(Code.INVALID_DIGEST, f"malformed digest member {member.strip()!r}")
         name, encoded = match.group(1), match.group(2)
         if name not in ALGORITHMS:
             continue
@@ -90,9 +90,9 @@ def _decode(name: str, encoded: str) -> bytes:
     try:
         raw = base64.b64decode(encoded, validate=True)
     except binascii.Error as exc:
-        raise BadRequest("invalid_digest", f"{name} digest is not valid base64") from exc
+        raise BadRequest(Code.INVALID_DIGEST, f"{name} digest is not valid base64") from exc
     if len(raw) != _SIZES[name]:
-        raise BadRequest("invalid_digest", f"{name} digest must be {_SIZES[name]} bytes")
+        raise BadRequest(Code.INVALID_DIGEST, f"{name} digest must be {_SIZES[name]} bytes")
     return raw
 
 
@@ -105,7 +105,10 @@ def format_digest_field(digests: Digests) -> str:
     )
 
 
-def verify(expected: Digests, actual: Digests, *, what: str) -> None:
+_MISMATCH = {"chunk": Code.CHUNK_DIGEST_MISMATCH, "repr": Code.REPR_DIGEST_MISMATCH}
+
+
+def verify(expected: Digests, actual: Digests, *, what: Literal["chunk", "repr"]) -> None:
     """Compare every algorithm both sides have.
 
     Raises:
@@ -113,7 +116,7 @@ def verify(expected: Digests, actual: Digests, *, what: str) -> None:
     """
     for name, raw in expected.items():
         if name in actual and actual[name] != raw:
-            raise DigestMismatch(f"{what}_digest_mismatch", f"{what} {name} digest does not match")
+            raise DigestMismatch(_MISMATCH[what], f"{what} {name} digest does not match")
 
 
 def to_hex(digests: Digests) -> dict[str, str]:

@@ -22,7 +22,7 @@ import enum
 import re
 from dataclasses import dataclass
 
-from transfer.core.errors import BadRequest, Conflict, RangeNotSatisfiable
+from transfer.core.errors import BadRequest, Code, Conflict, RangeNotSatisfiable
 
 # No file we accept comes near this; it keeps absurd numbers out of arithmetic.
 MAX_POSITION = 2**53
@@ -63,24 +63,24 @@ def parse_content_range(value: str) -> ContentRange:
             or when end < start or end >= total.
     """
     if not value.isascii():
-        raise BadRequest("invalid_content_range", "Content-Range must be ASCII")
+        raise BadRequest(Code.INVALID_CONTENT_RANGE, "Content-Range must be ASCII")
     text = value.strip()
     if match := _TOTAL_ONLY.fullmatch(text):
         return TotalOnly(_total(match.group(1)))
     match = _CHUNK.fullmatch(text)
     if match is None:
         raise BadRequest(
-            "invalid_content_range",
+            Code.INVALID_CONTENT_RANGE,
             f"Content-Range {value!r} is not one of 'bytes S-E/T', 'bytes S-E/*', "
             "'bytes */T', 'bytes */*'",
         )
     start, end, total = int(match.group(1)), int(match.group(2)), _total(match.group(3))
     if end < start:
-        raise BadRequest("invalid_content_range", f"range end {end} is before start {start}")
+        raise BadRequest(Code.INVALID_CONTENT_RANGE, f"range end {end} is before start {start}")
     if total is not None and end >= total:
-        raise BadRequest("invalid_content_range", f"range end {end} is not below total {total}")
+        raise BadRequest(Code.INVALID_CONTENT_RANGE, f"range end {end} is not below total {total}")
     if end >= MAX_POSITION:
-        raise BadRequest("invalid_content_range", f"range end {end} is absurdly large")
+        raise BadRequest(Code.INVALID_CONTENT_RANGE, f"range end {end} is absurdly large")
     return ChunkRange(start, end, total)
 
 
@@ -89,7 +89,7 @@ def _total(text: str) -> int | None:
         return None
     total = int(text)
     if total > MAX_POSITION:
-        raise BadRequest("invalid_content_range", f"total {total} is absurdly large")
+        raise BadRequest(Code.INVALID_CONTENT_RANGE, f"total {total} is absurdly large")
     return total
 
 
@@ -116,10 +116,10 @@ def parse_range_reply(value: str | None) -> int:
         return 0
     match = re.fullmatch(rf"bytes=0-{_DIGITS}", value.strip()) if value.isascii() else None
     if match is None:
-        raise BadRequest("invalid_range", f"Range {value!r} is not 'bytes=0-N'")
+        raise BadRequest(Code.INVALID_RANGE, f"Range {value!r} is not 'bytes=0-N'")
     offset = int(match.group(1)) + 1
     if offset > MAX_POSITION:
-        raise BadRequest("invalid_range", f"Range {value!r} acknowledges absurdly many bytes")
+        raise BadRequest(Code.INVALID_RANGE, f"Range {value!r} acknowledges absurdly many bytes")
     return offset
 
 
@@ -130,7 +130,7 @@ def validate_id(upload_id: str) -> str:
         BadRequest: `invalid_id` otherwise (this also stops path traversal).
     """
     if not _ID.fullmatch(upload_id):
-        raise BadRequest("invalid_id", "upload id must be 1-64 characters of [A-Za-z0-9_-]")
+        raise BadRequest(Code.INVALID_ID, "upload id must be 1-64 characters of [A-Za-z0-9_-]")
     return upload_id
 
 
@@ -184,9 +184,9 @@ def check_total(state: UploadState, total: int | None) -> int | None:
     if total is None:
         return state.total
     if state.total is not None and state.total != total:
-        raise Conflict("total_mismatch", f"upload total is {state.total}, not {total}")
+        raise Conflict(Code.TOTAL_MISMATCH, f"upload total is {state.total}, not {total}")
     if state.offset > total:
-        raise Conflict("total_mismatch", f"{state.offset} bytes are stored, more than {total}")
+        raise Conflict(Code.TOTAL_MISMATCH, f"{state.offset} bytes are stored, more than {total}")
     return total
 
 
@@ -200,10 +200,10 @@ def plan_chunk(state: UploadState, rng: ChunkRange) -> ChunkPlan:
     """
     total = check_total(state, rng.total)
     if total is not None and rng.end >= total:
-        raise RangeNotSatisfiable("range_past_total", f"range end {rng.end} >= total {total}")
+        raise RangeNotSatisfiable(Code.RANGE_PAST_TOTAL, f"range end {rng.end} >= total {total}")
     if rng.start > state.offset:
         raise Conflict(
-            "offset_gap", f"chunk starts at {rng.start} but only {state.offset} bytes are stored"
+            Code.OFFSET_GAP, f"chunk starts at {rng.start} but only {state.offset} bytes are stored"
         )
     skip = min(state.offset - rng.start, rng.length)
     return ChunkPlan(skip=skip, write=rng.length - skip, total=total)
@@ -231,20 +231,20 @@ def parse_creation(doc: object, header_length: str | None) -> Creation:
         BadRequest: `invalid_body` for a wrong shape, `invalid_id`, `size_mismatch`.
     """
     if not isinstance(doc, dict):
-        raise BadRequest("invalid_body", "the body must be a JSON object")
+        raise BadRequest(Code.INVALID_BODY, "the body must be a JSON object")
     upload_id = doc.get("id")
     if upload_id is not None:
         validate_id(_typed(upload_id, str, "id"))
     name = doc.get("name")
     if name is not None and (not isinstance(name, str) or not 0 < len(name) <= MAX_NAME):
-        raise BadRequest("invalid_body", f"name must be a string of 1-{MAX_NAME} characters")
+        raise BadRequest(Code.INVALID_BODY, f"name must be a string of 1-{MAX_NAME} characters")
     size = _size(doc.get("size"), header_length)
     return Creation(upload_id, name, size, _metadata(doc.get("metadata")))
 
 
 def _typed(value: object, kind: type[str], what: str) -> str:
     if not isinstance(value, kind):
-        raise BadRequest("invalid_body", f"{what} must be a string")
+        raise BadRequest(Code.INVALID_BODY, f"{what} must be a string")
     return value
 
 
@@ -252,13 +252,15 @@ def _size(value: object, header: str | None) -> int | None:
     if value is not None and (
         isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_POSITION
     ):
-        raise BadRequest("invalid_body", "size must be a non-negative integer")
+        raise BadRequest(Code.INVALID_BODY, "size must be a non-negative integer")
     if header is None:
         return value
     if not (header.isascii() and header.isdigit()) or int(header) > MAX_POSITION:
-        raise BadRequest("invalid_body", "X-Upload-Content-Length must be a non-negative integer")
+        raise BadRequest(
+            Code.INVALID_BODY, "X-Upload-Content-Length must be a non-negative integer"
+        )
     if value is not None and value != int(header):
-        raise BadRequest("size_mismatch", "size and X-Upload-Content-Length differ")
+        raise BadRequest(Code.SIZE_MISMATCH, "size and X-Upload-Content-Length differ")
     return int(header)
 
 
@@ -271,7 +273,7 @@ def _metadata(value: object) -> dict[str, str]:
         or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
     ):
         raise BadRequest(
-            "invalid_body", f"metadata must be an object of at most {MAX_METADATA} strings"
+            Code.INVALID_BODY, f"metadata must be an object of at most {MAX_METADATA} strings"
         )
     return dict(value)
 
@@ -292,19 +294,19 @@ def parse_upload_metadata(value: str) -> tuple[str | None, dict[str, str]]:
     for pair in filter(None, (p.strip() for p in value.split(","))):
         key, _, encoded = pair.partition(" ")
         if not _META_KEY.fullmatch(key) or key in metadata or (key == "name" and name):
-            raise BadRequest("invalid_metadata", f"bad or repeated Upload-Metadata key {key!r}")
+            raise BadRequest(Code.INVALID_METADATA, f"bad or repeated Upload-Metadata key {key!r}")
         try:
             text = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
         except ValueError as exc:  # binascii.Error, UnicodeDecodeError, non-ASCII input
-            raise BadRequest("invalid_metadata", f"{key}: value is not base64 UTF-8") from exc
+            raise BadRequest(Code.INVALID_METADATA, f"{key}: value is not base64 UTF-8") from exc
         if key == "name":
             name = text
         else:
             metadata[key] = text
     if name is not None and not 0 < len(name) <= MAX_NAME:
-        raise BadRequest("invalid_metadata", f"name must be 1-{MAX_NAME} characters")
+        raise BadRequest(Code.INVALID_METADATA, f"name must be 1-{MAX_NAME} characters")
     if len(metadata) > MAX_METADATA:
-        raise BadRequest("invalid_metadata", f"at most {MAX_METADATA} metadata entries")
+        raise BadRequest(Code.INVALID_METADATA, f"at most {MAX_METADATA} metadata entries")
     return name, metadata
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from transfer.core import integrity
 from transfer.core.errors import (
+    Code,
     Conflict,
 )
 from transfer.core.integrity import Digests
@@ -66,9 +67,9 @@ def check_same(existing: UploadSpec, wanted: UploadSpec) -> None:
     for name in ("name", "metadata", "repr_digest"):
         value = getattr(wanted, name)
         if value and value != getattr(existing, name):
-            raise Conflict("upload_conflict", f"upload exists with a different {name}")
+            raise Conflict(Code.UPLOAD_CONFLICT, f"upload exists with a different {name}")
     if wanted.size is not None and existing.size not in (None, wanted.size):
-        raise Conflict("upload_conflict", "upload exists with a different size")
+        raise Conflict(Code.UPLOAD_CONFLICT, "upload exists with a different size")
 
 
 def spec_to_json(spec: UploadSpec) -> dict[str, object]:

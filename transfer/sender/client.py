@@ -24,9 +24,9 @@ from typing import Any
 import aiohttp
 
 from transfer.core import integrity, protocol
-from transfer.core.errors import BadRequest, RemoteError, TransientError
+from transfer.core.errors import BadRequest, Code, RemoteError, TransientError
 
-_TRANSIENT_CODES = frozenset({"chunk_digest_mismatch"})
+_TRANSIENT_CODES = frozenset({Code.CHUNK_DIGEST_MISMATCH})
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +141,7 @@ class UploadClient:
                 return _classify(resp.status, resp.headers, payload, query=query)
         except aiohttp.ClientConnectorCertificateError as exc:
             # Waiting will not make an untrusted certificate trusted: fail at once.
-            raise RemoteError(0, "certificate_verify_failed", str(exc)) from exc
+            raise RemoteError(0, Code.CERTIFICATE_VERIFY_FAILED, str(exc)) from exc
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise TransientError(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
 

@@ -29,6 +29,7 @@ from tenacity import RetryCallState
 
 from transfer.common.fsutil import feed_file
 from transfer.core.errors import (
+    Code,
     Interrupted,
     LocalFileDamaged,
     RemoteError,
@@ -78,7 +79,7 @@ class Uploader:
                 await check_local(entry)
                 progress = await self._push(entry, inline=inline)
             except RemoteError as exc:
-                if exc.code == "repr_digest_mismatch" and attempt < self.mismatch_retries:
+                if exc.code == Code.REPR_DIGEST_MISMATCH and attempt < self.mismatch_retries:
                     log.warning("upload.mismatch", file_id=entry.file_id, attempt=attempt + 1)
                     continue
                 return _failed(entry, f"{exc.status} {exc.code}: {exc.detail}")

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from transfer.core.errors import Unauthorized
+from transfer.core.errors import Code, Unauthorized
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="transfer"'}
@@ -41,7 +41,7 @@ def bearer_middleware(token: str, *, protect_metrics: bool) -> Middleware:
             request.headers.get("Authorization"), token
         ):
             raise Unauthorized(
-                "unauthorized",
+                Code.UNAUTHORIZED,
                 "a valid 'Authorization: Bearer' token is required",
                 headers=_CHALLENGE,
             )

@@ -19,12 +19,14 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from transfer.core.errors import Code
+
 _PROBLEM = json.dumps(
     {
-        "type": "urn:transfer:error:too_many_connections",
-        "title": "Service Unavailable",
-        "status": 503,
-        "code": "too_many_connections",
+        "type": f"urn:transfer:error:{Code.TOO_MANY_CONNECTIONS}",
+        "title": Code.TOO_MANY_CONNECTIONS.problem_title,
+        "status": Code.TOO_MANY_CONNECTIONS.status,
+        "code": str(Code.TOO_MANY_CONNECTIONS),
         "detail": "the server is at its connection limit; try again shortly",
     }
 ).encode()

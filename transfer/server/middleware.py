@@ -21,7 +21,7 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.typedefs import Middleware
 
 from transfer.common.metrics import Metrics
-from transfer.core.errors import DigestMismatch, ProtocolError
+from transfer.core.errors import Code, DigestMismatch, ProtocolError
 
 log = structlog.get_logger("transfer.server")
 
@@ -36,11 +36,12 @@ _TIMED_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OP
 
 
 class _Generic(ProtocolError):
-    """A refusal that did not come from our code (aiohttp's, or a bug)."""
+    """A refusal that did not come from our code: aiohttp's (a registered `Code` where
+    its reason is one, e.g. `not_found`, `method_not_allowed`), or a bug."""
 
     def __init__(self, status: int, title: str, code: str, detail: str) -> None:
-        super().__init__(code, detail)
-        self.status, self.title = status, title
+        super().__init__(Code.INTERNAL_ERROR, detail)
+        self.status, self.title, self.code = status, title, code
 
 
 def problem_response(exc: ProtocolError) -> web.Response:
@@ -94,7 +95,9 @@ async def _answer(request: web.Request, handler: Handler, metrics: Metrics) -> w
     except Exception:
         log.exception("request.crashed", method=request.method, path=request.path)
         return problem_response(
-            _Generic(500, "Internal Server Error", "internal_error", "the server hit a bug")
+            _Generic(
+                500, Code.INTERNAL_ERROR.problem_title, Code.INTERNAL_ERROR, "the server hit a bug"
+            )
         )
 
 

@@ -24,6 +24,7 @@ from aiohttp import web
 from transfer.core import integrity, protocol
 from transfer.core.errors import (
     BadRequest,
+    Code,
     DigestMismatch,
     InsufficientStorage,
     NotFound,
@@ -55,7 +56,7 @@ async def create_upload(request: web.Request) -> web.Response:
     )
     if creation.size is not None and creation.size > state.config.max_upload:
         raise PayloadTooLarge(
-            "upload_too_large", f"uploads are limited to {state.config.max_upload} bytes"
+            Code.UPLOAD_TOO_LARGE, f"uploads are limited to {state.config.max_upload} bytes"
         )
     upload_id = creation.upload_id or secrets.token_urlsafe(16)
     request[UPLOAD_ID] = upload_id
@@ -83,11 +84,11 @@ async def _json_body(request: web.Request) -> object:
     if not raw:
         return {}
     if request.content_type not in ("application/json", "application/octet-stream", ""):
-        raise BadRequest("invalid_body", "the body must be JSON (application/json)")
+        raise BadRequest(Code.INVALID_BODY, "the body must be JSON (application/json)")
     try:
         return json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadRequest("invalid_body", f"the body is not valid JSON: {exc}") from exc
+        raise BadRequest(Code.INVALID_BODY, f"the body is not valid JSON: {exc}") from exc
 
 
 def _digests(request: web.Request, header: str) -> dict[str, bytes]:
@@ -103,7 +104,7 @@ def _content_range(request: web.Request) -> protocol.ContentRange:
     # A plain `curl -T file` PUT: the body is the whole file.
     length = request.content_length
     if length is None:
-        raise BadRequest("missing_content_range", "PUT needs Content-Range or Content-Length")
+        raise BadRequest(Code.MISSING_CONTENT_RANGE, "PUT needs Content-Range or Content-Length")
     if length == 0:
         return protocol.TotalOnly(0)
     return protocol.ChunkRange(0, length - 1, length)
@@ -123,7 +124,7 @@ async def put_chunk(request: web.Request) -> web.Response:
                 # A status query never creates: a client whose POST was lost in a crash
                 # must see 404 and POST again, not resume a bare upload (no name, no
                 # Repr-Digest) that every later POST would refuse as a conflict.
-                raise NotFound("upload_not_found", f"no upload {upload_id}")
+                raise NotFound(Code.UPLOAD_NOT_FOUND, f"no upload {upload_id}")
             info = await _create_from_put(state, request, upload_id, rng, repr_digest)
         if info.record is not None:
             return completed(info)
@@ -143,19 +144,21 @@ def _check_limits(config: ServerConfig, request: web.Request, rng: protocol.Cont
     past_limit = isinstance(rng, protocol.ChunkRange) and rng.end >= config.max_upload
     if past_limit or (rng.total is not None and rng.total > config.max_upload):
         raise PayloadTooLarge(
-            "upload_too_large", f"uploads are limited to {config.max_upload} bytes"
+            Code.UPLOAD_TOO_LARGE, f"uploads are limited to {config.max_upload} bytes"
         )
     if isinstance(rng, protocol.TotalOnly):
         if request.content_length not in (None, 0):
             raise BadRequest(
-                "unexpected_body", f"'{protocol.format_content_range(rng)}' takes no body"
+                Code.UNEXPECTED_BODY, f"'{protocol.format_content_range(rng)}' takes no body"
             )
         return
     if rng.length > config.max_chunk:
-        raise PayloadTooLarge("chunk_too_large", f"chunks are limited to {config.max_chunk} bytes")
+        raise PayloadTooLarge(
+            Code.CHUNK_TOO_LARGE, f"chunks are limited to {config.max_chunk} bytes"
+        )
     if request.content_length is not None and request.content_length != rng.length:
         raise BadRequest(
-            "length_mismatch",
+            Code.LENGTH_MISMATCH,
             f"Content-Length {request.content_length} differs from the range's {rng.length}",
         )
 
@@ -206,7 +209,7 @@ async def _receive(
 ) -> UploadInfo:
     if state.active >= state.config.max_active:
         raise ServiceUnavailable(
-            "too_many_uploads",
+            Code.TOO_MANY_UPLOADS,
             f"{state.active} uploads are in progress; try again shortly",
             headers={"Retry-After": str(state.config.retry_after)},
         )
@@ -232,7 +235,7 @@ async def _receive(
 
 
 def _missing(upload_id: str) -> UploadInfo:
-    raise NotFound("upload_not_found", f"no upload {upload_id}")
+    raise NotFound(Code.UPLOAD_NOT_FOUND, f"no upload {upload_id}")
 
 
 def _check_space(state: ServerState, incoming: int) -> None:
@@ -241,10 +244,11 @@ def _check_space(state: ServerState, incoming: int) -> None:
     incoming += state.claimed
     if store.partial_bytes + incoming > config.max_partial:
         raise InsufficientStorage(
-            "partial_quota_exceeded", f"partial uploads are limited to {config.max_partial} bytes"
+            Code.PARTIAL_QUOTA_EXCEEDED,
+            f"partial uploads are limited to {config.max_partial} bytes",
         )
     if store.free_bytes() - incoming < config.reserve:
-        raise InsufficientStorage("insufficient_storage", "not enough disk space")
+        raise InsufficientStorage(Code.INSUFFICIENT_STORAGE, "not enough disk space")
 
 
 async def _body(request: web.Request, idle: float, min_rate: int) -> AsyncIterator[bytes]:
@@ -258,19 +262,19 @@ async def _body(request: web.Request, idle: float, min_rate: int) -> AsyncIterat
                 data = await request.content.readany()
         except TimeoutError as exc:
             log.warning("upload.stalled", upload_id=request.get(UPLOAD_ID), idle=idle)
-            raise RequestTimeout("body_stalled", f"no body bytes for {idle} s") from exc
+            raise RequestTimeout(Code.BODY_STALLED, f"no body bytes for {idle} s") from exc
         except (ConnectionError, aiohttp.ClientPayloadError) as exc:
             # The client went away mid-body: nobody hears the answer, but the log should
             # say what happened, not report a crash.
             log.info("upload.disconnected", upload_id=request.get(UPLOAD_ID), received=received)
-            raise BadRequest("body_incomplete", "the connection closed mid-body") from exc
+            raise BadRequest(Code.BODY_INCOMPLETE, "the connection closed mid-body") from exc
         if not data:
             return
         received += len(data)
         elapsed = time.monotonic() - started
         if elapsed > idle and received < min_rate * elapsed:
             log.warning("upload.too_slow", upload_id=request.get(UPLOAD_ID), received=received)
-            raise RequestTimeout("body_too_slow", f"the body is slower than {min_rate} B/s")
+            raise RequestTimeout(Code.BODY_TOO_SLOW, f"the body is slower than {min_rate} B/s")
         yield data
 
 

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from transfer.core import integrity, protocol
 from transfer.core.errors import (
+    Code,
     Conflict,
     NotFound,
 )
@@ -78,7 +79,7 @@ async def known_upload(request: web.Request) -> UploadInfo:
     upload_id = upload_id_of(request)
     info = await request.app[STATE].store.get(upload_id)
     if info is None:
-        raise NotFound("upload_not_found", f"no upload {upload_id}")
+        raise NotFound(Code.UPLOAD_NOT_FOUND, f"no upload {upload_id}")
     return info
 
 
@@ -110,7 +111,7 @@ async def delete_upload(request: web.Request) -> web.Response:
     async with state.locks.hold(upload_id):
         info = await known_upload(request)
         if info.record is not None:
-            raise Conflict("upload_complete", "a completed upload cannot be aborted")
+            raise Conflict(Code.UPLOAD_COMPLETE, "a completed upload cannot be aborted")
         await state.store.delete(upload_id)
     log.info("upload.deleted", upload_id=upload_id, offset=info.state.offset)
     return web.Response(status=204)
@@ -120,7 +121,7 @@ async def get_file(request: web.Request) -> web.StreamResponse:
     upload_id = upload_id_of(request)
     path = request.app[STATE].store.file_path(upload_id)
     if not path.is_file():
-        raise NotFound("file_not_found", f"no completed file {upload_id}")
+        raise NotFound(Code.FILE_NOT_FOUND, f"no completed file {upload_id}")
     return web.FileResponse(path, headers={"Content-Type": "application/octet-stream"})
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from transfer.common.fsutil import write_all
 from transfer.core import integrity
-from transfer.core.errors import BadRequest, InsufficientStorage, StorageFailure
+from transfer.core.errors import BadRequest, Code, InsufficientStorage, StorageFailure
 from transfer.core.integrity import Digests, MultiHasher
 from transfer.core.protocol import ChunkPlan
 
@@ -61,7 +61,7 @@ class ChunkWriter:
                 self.body_failed = True
                 raise
             if self.received + len(data) > length:
-                raise BadRequest("body_too_long", f"body is longer than the range's {length}")
+                raise BadRequest(Code.BODY_TOO_LONG, f"body is longer than the range's {length}")
             self.hasher.update(data)
             fresh = data[max(0, self.plan.skip - self.received) :]
             self.received += len(data)
@@ -75,8 +75,8 @@ class ChunkWriter:
             write_all(self.fd, data)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise InsufficientStorage("insufficient_storage", "the disk is full") from exc
-            raise StorageFailure("storage_error", f"write failed: {exc.strerror}") from exc
+                raise InsufficientStorage(Code.INSUFFICIENT_STORAGE, "the disk is full") from exc
+            raise StorageFailure(Code.STORAGE_ERROR, f"write failed: {exc.strerror}") from exc
         self.written += len(data)
         self._unflushed += len(data)
         if self.durable and self._unflushed >= FLUSH_EVERY and not self._busy():
@@ -90,7 +90,7 @@ class ChunkWriter:
         """Raise unless the body had the range's length and its declared digest."""
         length = self.plan.skip + self.plan.write
         if self.received != length:
-            raise BadRequest("body_too_short", f"body has {self.received} of {length} bytes")
+            raise BadRequest(Code.BODY_TOO_SHORT, f"body has {self.received} of {length} bytes")
         integrity.verify(self.expected, self.hasher.digests(), what="chunk")
 
     async def sync(self) -> None:
@@ -105,13 +105,13 @@ class ChunkWriter:
             try:
                 await flushing
             except OSError as exc:
-                raise StorageFailure("storage_error", f"fsync failed: {exc.strerror}") from exc
+                raise StorageFailure(Code.STORAGE_ERROR, f"fsync failed: {exc.strerror}") from exc
 
     def _fsync(self) -> None:
         try:
             os.fsync(self.fd)
         except OSError as exc:
-            raise StorageFailure("storage_error", f"fsync failed: {exc.strerror}") from exc
+            raise StorageFailure(Code.STORAGE_ERROR, f"fsync failed: {exc.strerror}") from exc
 
     async def settle(self, *, keep: bool) -> int:
         """After a failure: keep what arrived (durably) or cut back; returns the offset."""
