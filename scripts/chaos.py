@@ -59,6 +59,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from transfer.core.events import Event
 from transfer.core.units import parse_duration
 from transfer.testing.faultproxy import Fault, FaultProxy, Plan, ProxyStats, random_plan
 
@@ -66,7 +67,7 @@ HOST = "127.0.0.1"
 POLL = 0.002  # seconds between two looks at logs and the uploads directory
 START_DEADLINE = 20.0  # for a child to announce itself
 STOP_DEADLINE = 25.0  # a stalled body keeps aiohttp lingering up to 10 s after its 408
-Event = dict[str, Any]
+LogLine = dict[str, Any]
 Probe = Callable[[], str | None]
 
 
@@ -134,10 +135,10 @@ class LogTail:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.events: list[Event] = []
+        self.events: list[LogLine] = []
         self._offset = 0
 
-    def refresh(self) -> list[Event]:
+    def refresh(self) -> list[LogLine]:
         try:
             with self.path.open("rb") as stream:
                 stream.seek(self._offset)
@@ -152,11 +153,11 @@ class LogTail:
                 self.events.append(event)
         return self.events
 
-    def since(self, mark: int, name: str) -> list[Event]:
+    def since(self, mark: int, name: str) -> list[LogLine]:
         return [e for e in self.refresh()[mark:] if e.get("event") == name]
 
 
-def _parse(line: str) -> Event | None:
+def _parse(line: str) -> LogLine | None:
     """A log line as an object; a killed writer's torn line glued to the next is skipped
     up to the next line's start."""
     start = line.find("{")
@@ -346,7 +347,7 @@ class Run:
             if time.monotonic() > end:
                 raise ChaosError(f"the server did not start on port {self.port}; see server.err")
 
-    def _await(self, child: Child, log: LogTail, name: str, end: float) -> Event | None:
+    def _await(self, child: Child, log: LogTail, name: str, end: float) -> LogLine | None:
         while time.monotonic() < end:
             found = log.since(child.mark, name)
             if found:
@@ -432,7 +433,7 @@ class Run:
         generated = {
             e.get("file_id")
             for e in self.sender_log.refresh()
-            if e.get("event") == "file.generated"
+            if e.get("event") == Event.FILE_GENERATED
         }
         return len(generated) < self.config.count
 
@@ -500,11 +501,11 @@ class Run:
         done: set[str] = set()
         for event in self.sender_log.refresh():
             file_id = str(event.get("file_id"))
-            if event.get("event") == "chunk.sent":
+            if event.get("event") == Event.CHUNK_SENT:
                 acked[file_id] = max(acked.get(file_id, 0), int(event.get("acknowledged", 0)))
-            elif event.get("event") == "upload.mismatch":  # the server reset it to 0
+            elif event.get("event") == Event.UPLOAD_MISMATCH:  # the server reset it to 0
                 acked.pop(file_id, None)
-            elif event.get("event") == "upload.confirmed":
+            elif event.get("event") == Event.UPLOAD_CONFIRMED:
                 done.add(file_id)
         return {k: v for k, v in acked.items() if k not in done}
 
@@ -564,7 +565,7 @@ class Run:
 # --- invariants -------------------------------------------------------------------------
 
 
-def _transfer_json(args: Sequence[str], cwd: Path) -> list[Event]:
+def _transfer_json(args: Sequence[str], cwd: Path) -> list[LogLine]:
     done = subprocess.run(
         [sys.executable, "-m", "transfer", *args],
         cwd=cwd,
@@ -597,7 +598,7 @@ def check_invariants(run: Run) -> None:
     _check_offsets_in_log(run)
 
 
-def _check_journal(run: Run, entries: list[Event]) -> None:
+def _check_journal(run: Run, entries: list[LogLine]) -> None:
     count = run.config.count
     ids = [str(e["id"]) for e in entries]
     runs = {i.rsplit("-", 1)[0] for i in ids}
@@ -617,7 +618,7 @@ def _check_journal(run: Run, entries: list[Event]) -> None:
         run.violation(f"{len(confirmed)} files confirmed, expected exactly {count}")
 
 
-def _check_published(run: Run, entries: list[Event]) -> None:
+def _check_published(run: Run, entries: list[LogLine]) -> None:
     report = run.report
     files = run.data_dir / "files"
     published = {p.name: p for p in files.iterdir()} if files.is_dir() else {}
@@ -644,9 +645,9 @@ def _check_offsets_in_log(run: Run) -> None:
     acked: dict[str, int] = {}
     for event in run.sender_log.refresh():
         file_id = str(event.get("file_id"))
-        if event.get("event") == "upload.mismatch":
+        if event.get("event") == Event.UPLOAD_MISMATCH:
             acked.pop(file_id, None)
-        elif event.get("event") == "chunk.sent":
+        elif event.get("event") == Event.CHUNK_SENT:
             start = int(event.get("offset", 0))
             if start < acked.get(file_id, 0):
                 run.violation(

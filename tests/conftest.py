@@ -34,6 +34,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
+from transfer.core.events import Event
 from transfer.server.app import ServerConfig, make_app
 from transfer.store.filestore import FileStore
 
@@ -186,7 +187,7 @@ def _await_started(server: ServerProcess, announced: queue.Queue[str | None]) ->
             event = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if event.get("event") == "server.started":
+        if event.get("event") == Event.SERVER_STARTED:
             return str(event["url"])
     raise RuntimeError(f"server did not start in {START_DEADLINE} s: {''.join(server.lines)}")
 

@@ -10,6 +10,7 @@ import xxhash
 from conftest import Served
 from support import Launcher, assert_delivered
 
+from transfer.core.events import Event
 from transfer.sender.client import Corruptor, UploadClient
 from transfer.sender.journal import FileState, JournalEntry
 from transfer.sender.retry import RetryPolicy
@@ -26,7 +27,9 @@ def spooled(path: Path, file_id: str, data: bytes, journaled: bytes | None = Non
 
 
 def _requests(log_events: list[dict[str, object]], method: str) -> int:
-    return sum(1 for e in log_events if e.get("event") == "request" and e.get("method") == method)
+    return sum(
+        1 for e in log_events if e.get("event") == Event.REQUEST and e.get("method") == method
+    )
 
 
 def test_fresh_files_are_created_by_their_first_put(tmp_path: Path) -> None:
@@ -41,7 +44,7 @@ def test_fresh_files_are_created_by_their_first_put(tmp_path: Path) -> None:
     entries = assert_delivered(tmp_path / "spool", tmp_path / "data", 6)
     assert _requests(events, "POST") == 0
     assert _requests(events, "PUT") == 6  # one request per small file
-    created = [e for e in events if e.get("event") == "upload.created"]
+    created = [e for e in events if e.get("event") == Event.UPLOAD_CREATED]
     assert {e["name"] for e in created} == {e.name for e in entries}
 
 

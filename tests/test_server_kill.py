@@ -19,6 +19,8 @@ import requests
 import xxhash
 from conftest import StartServer, digest_field
 
+from transfer.core.events import Event
+
 pytestmark = [pytest.mark.slow, pytest.mark.chaos, pytest.mark.timeout(60)]
 
 MiB = 1024 * 1024
@@ -155,4 +157,6 @@ def test_kill_between_chunks(serve_process: StartServer, tmp_path: Path) -> None
         assert second.status_code == 308
         done = finish(session, url, data, 2 * MiB)
     assert_published(data_dir, "two", data, done)
-    assert [e["recovered"] for e in restarted.events() if e["event"] == "server.started"] == [[]]
+    assert [e["recovered"] for e in restarted.events() if e["event"] == Event.SERVER_STARTED] == [
+        []
+    ]

@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from transfer.core.events import Event
+
 
 @dataclass(slots=True)
 class Report:
@@ -75,14 +77,14 @@ def _parse(line: str) -> dict[str, Any] | None:
 
 
 _COUNTERS = {
-    "sender.started": "sender_runs",
-    "send.summary": "sender_clean_exits",
-    "server.started": "server_runs",
-    "server.stopped": "server_clean_exits",
-    "file.generated": "generated",
-    "upload.retry": "retries",
-    "upload.resumed": "resumes",
-    "digest.mismatch": "digest_mismatches",
+    Event.SENDER_STARTED: "sender_runs",
+    Event.SEND_SUMMARY: "sender_clean_exits",
+    Event.SERVER_STARTED: "server_runs",
+    Event.SERVER_STOPPED: "server_clean_exits",
+    Event.FILE_GENERATED: "generated",
+    Event.UPLOAD_RETRY: "retries",
+    Event.UPLOAD_RESUMED: "resumes",
+    Event.DIGEST_MISMATCH: "digest_mismatches",
 }
 
 

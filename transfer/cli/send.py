@@ -22,6 +22,7 @@ from aiohttp import web
 from transfer.cli.common import add_token, token_of
 from transfer.common.tls import client_context
 from transfer.core.errors import ConfigError, TransferError
+from transfer.core.events import Event
 from transfer.sender import status
 from transfer.sender.client import Corruptor, UploadClient
 from transfer.sender.generator import GeneratorConfig
@@ -153,7 +154,7 @@ async def _send(args: argparse.Namespace, config: SenderConfig) -> int:
             finally:
                 await runner.cleanup()
     snap = status.snapshot(sender)
-    log.info("send.summary", ok=ok, **snap)
+    log.info(Event.SEND_SUMMARY, ok=ok, **snap)
     print(status.summary_line(sender), flush=True)
     return 0 if ok else 1
 
@@ -169,7 +170,7 @@ async def _start_status(sender: Sender, host: str, port: int, server: str) -> we
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
     url = f"http://{host}:{runner.addresses[0][1]}"
     log.info(
-        "sender.started", status_url=url, server=server, spool_dir=str(sender.config.spool_dir)
+        Event.SENDER_STARTED, status_url=url, server=server, spool_dir=str(sender.config.spool_dir)
     )
     return runner
 

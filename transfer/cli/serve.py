@@ -16,6 +16,7 @@ from aiohttp import web
 from transfer.cli.common import add_token, token_of
 from transfer.common.tls import server_context
 from transfer.core.errors import ConfigError
+from transfer.core.events import Event
 from transfer.server.app import ServerConfig, make_app
 from transfer.server.connlimit import LimitedTCPSite
 from transfer.server.middleware import AccessLogger
@@ -147,16 +148,16 @@ async def _serve(
     scheme = "https" if context else "http"
     url = f"{scheme}://{host}:{runner.addresses[0][1]}"
     log.info(
-        "server.started",
+        Event.SERVER_STARTED,
         url=url,
         data_dir=str(store.files_dir.parent),
         recovered=recovered,
         auth=config.token is not None,
     )
     await _until_signalled()
-    log.info("server.stopping")
+    log.info(Event.SERVER_STOPPING)
     await runner.cleanup()
-    log.info("server.stopped")
+    log.info(Event.SERVER_STOPPED)
 
 
 async def _until_signalled() -> None:

@@ -32,6 +32,7 @@ import xxhash
 
 from transfer.common.fsutil import remove_tmp_files, write_atomic
 from transfer.core.errors import ConfigError, Interrupted
+from transfer.core.events import Event
 from transfer.sender.generator import FileSpec, GeneratorConfig, content_for, generate, spec_for
 from transfer.sender.journal import FileState, Journal, JournalEntry
 from transfer.sender.retry import Sleep
@@ -115,7 +116,7 @@ class Sender:
         stopped.cancel()
         if not producer.done():
             producer.cancel()
-            log.info("sender.stopping", reason="signal")
+            log.info(Event.SENDER_STOPPING, reason="signal")
         with contextlib.suppress(asyncio.CancelledError):
             await producer
         if not producer.cancelled() and producer.exception() is not None:
@@ -133,7 +134,7 @@ class Sender:
     async def _resume(self) -> None:
         for entry in self.journal.entries():
             if entry.state is not FileState.CONFIRMED:
-                log.info("file.requeued", file_id=entry.file_id, state=entry.state.value)
+                log.info(Event.FILE_REQUEUED, file_id=entry.file_id, state=entry.state.value)
                 self._queue.put_nowait(entry)
 
     async def _produce(self) -> None:
@@ -170,7 +171,9 @@ class Sender:
         start = min(max(done, default=-1) + 1, config.count)
         gaps = [i for i in range(start) if i not in done]
         if start < config.count or gaps:
-            log.info("generation.started", first=start, gaps=gaps, count=config.count, seed=seed)
+            log.info(
+                Event.GENERATION_STARTED, first=start, gaps=gaps, count=config.count, seed=seed
+            )
         writers = _Writers(SPOOL_AHEAD)
         try:
             for index in gaps:
@@ -185,7 +188,7 @@ class Sender:
             await writers.wait()
         finally:
             await writers.cancel()
-        log.info("generation.finished", files=self.tally.generated)
+        log.info(Event.GENERATION_FINISHED, files=self.tally.generated)
 
     async def _spool_and_queue(self, run: str, spec: FileSpec, data: bytes) -> None:
         entry = await self._spool(f"{run}-{spec.index:05d}", spec, data)
@@ -208,7 +211,7 @@ class Sender:
         await self.journal.record(entry)
         self.tally.generated += 1
         self.tally.born[file_id] = self.clock()
-        log.info("file.generated", file_id=file_id, size=entry.size, index=spec.index)
+        log.info(Event.FILE_GENERATED, file_id=file_id, size=entry.size, index=spec.index)
         return entry
 
     async def _enqueue_paths(self) -> None:

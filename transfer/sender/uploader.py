@@ -35,6 +35,7 @@ from transfer.core.errors import (
     RemoteError,
     TransientError,
 )
+from transfer.core.events import Event
 from transfer.sender.client import Announce, Progress, UploadClient
 from transfer.sender.journal import FileState, JournalEntry
 from transfer.sender.retry import RetryPolicy
@@ -80,7 +81,7 @@ class Uploader:
                 progress = await self._push(entry, inline=inline)
             except RemoteError as exc:
                 if exc.code == Code.REPR_DIGEST_MISMATCH and attempt < self.mismatch_retries:
-                    log.warning("upload.mismatch", file_id=entry.file_id, attempt=attempt + 1)
+                    log.warning(Event.UPLOAD_MISMATCH, file_id=entry.file_id, attempt=attempt + 1)
                     continue
                 return _failed(entry, f"{exc.status} {exc.code}: {exc.detail}")
             except (LocalFileDamaged, TransientError) as exc:
@@ -93,7 +94,7 @@ class Uploader:
             return _failed(
                 entry, f"server holds digest {progress.digest}, journal has {entry.digest}"
             )
-        log.info("upload.confirmed", file_id=entry.file_id, size=entry.size)
+        log.info(Event.UPLOAD_CONFIRMED, file_id=entry.file_id, size=entry.size)
         return entry.with_state(FileState.CONFIRMED, server_digest=progress.digest)
 
     async def _push(self, entry: JournalEntry, *, inline: bool) -> Progress:
@@ -103,7 +104,7 @@ class Uploader:
             progress = await self._retry(entry, lambda: self._create(entry))
         if progress.offset and progress.record is None:
             self.stats.resumes += 1
-            log.info("upload.resumed", file_id=entry.file_id, offset=progress.offset)
+            log.info(Event.UPLOAD_RESUMED, file_id=entry.file_id, offset=progress.offset)
         async with aiofiles.open(entry.path, "rb") as source:
             return await self._send_all(entry, source, progress)
 
@@ -126,7 +127,7 @@ class Uploader:
                 if exc.status != 409 or resyncs >= _MAX_RESYNCS:
                     raise
                 resyncs += 1
-                log.info("upload.resync", file_id=entry.file_id, code=exc.code)
+                log.info(Event.UPLOAD_RESYNC, file_id=entry.file_id, code=exc.code)
                 known = None
                 continue
             # A retry that only re-asks the offset "succeeds": count steps that moved
@@ -160,15 +161,19 @@ class Uploader:
                 end, task = pending.popleft()
                 known = await task
                 if known.record is None and known.offset != end:
-                    log.info("upload.resync", file_id=entry.file_id, code="short_acknowledgement")
+                    log.info(
+                        Event.UPLOAD_RESYNC, file_id=entry.file_id, code="short_acknowledgement"
+                    )
                     return None
         except TransientError as exc:
             # The careful path retries this chunk after asking for the offset: a retry.
             self.stats.retries += 1
-            log.warning("upload.retry", file_id=entry.file_id, attempt=1, error=str(exc), wait=0)
+            log.warning(
+                Event.UPLOAD_RETRY, file_id=entry.file_id, attempt=1, error=str(exc), wait=0
+            )
             return None
         except RemoteError as exc:
-            log.info("upload.resync", file_id=entry.file_id, code=exc.code)
+            log.info(Event.UPLOAD_RESYNC, file_id=entry.file_id, code=exc.code)
             return None
         finally:
             for _, task in pending:
@@ -188,7 +193,7 @@ class Uploader:
         self.stats.bytes_sent += len(data)
         self.stats.chunks += 1
         log.info(
-            "chunk.sent",
+            Event.CHUNK_SENT,
             file_id=entry.file_id,
             offset=offset,
             bytes=len(data),
@@ -245,7 +250,7 @@ class Uploader:
         self.stats.retries += 1
         error = state.outcome.exception() if state.outcome else None
         log.warning(
-            "upload.retry",
+            Event.UPLOAD_RETRY,
             file_id=entry.file_id,
             attempt=state.attempt_number,
             error=str(error),
@@ -286,7 +291,7 @@ def _bind(
 
 
 def _failed(entry: JournalEntry, reason: str) -> JournalEntry:
-    log.error("upload.failed", file_id=entry.file_id, reason=reason)
+    log.error(Event.UPLOAD_FAILED, file_id=entry.file_id, reason=reason)
     return entry.with_state(FileState.FAILED, reason=reason)
 
 

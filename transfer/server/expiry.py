@@ -14,6 +14,7 @@ from collections.abc import Callable
 import structlog
 
 from transfer.common.metrics import Metrics
+from transfer.core.events import Event
 from transfer.server.locks import KeyedLocks
 from transfer.store.filestore import UploadStore
 
@@ -43,7 +44,7 @@ async def sweep_once(
             await store.delete(upload_id)
         removed.append(upload_id)
         metrics.inc("transfer_uploads_expired_total")
-        log.info("upload.expired", upload_id=upload_id, offset=info.state.offset, idle_s=ttl)
+        log.info(Event.UPLOAD_EXPIRED, upload_id=upload_id, offset=info.state.offset, idle_s=ttl)
     return removed
 
 

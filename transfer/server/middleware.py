@@ -22,6 +22,7 @@ from aiohttp.typedefs import Middleware
 
 from transfer.common.metrics import Metrics
 from transfer.core.errors import Code, DigestMismatch, ProtocolError
+from transfer.core.events import Event
 
 log = structlog.get_logger("transfer.server")
 
@@ -93,7 +94,7 @@ async def _answer(request: web.Request, handler: Handler, metrics: Metrics) -> w
             generic.headers["Allow"] = exc.headers["Allow"]
         return problem_response(generic)
     except Exception:
-        log.exception("request.crashed", method=request.method, path=request.path)
+        log.exception(Event.REQUEST_CRASHED, method=request.method, path=request.path)
         return problem_response(
             _Generic(
                 500, Code.INTERNAL_ERROR.problem_title, Code.INTERNAL_ERROR, "the server hit a bug"
@@ -105,7 +106,7 @@ def _count_mismatch(metrics: Metrics, exc: ProtocolError) -> None:
     if isinstance(exc, DigestMismatch):
         kind = "file" if exc.code.startswith("repr") else "chunk"
         metrics.inc("transfer_digest_mismatches_total", kind=kind)
-        log.warning("digest.mismatch", kind=kind, code=exc.code, detail=exc.detail)
+        log.warning(Event.DIGEST_MISMATCH, kind=kind, code=exc.code, detail=exc.detail)
 
 
 class AccessLogger(AbstractAccessLogger):
@@ -113,7 +114,7 @@ class AccessLogger(AbstractAccessLogger):
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         structlog.get_logger("transfer.access").info(
-            "request",
+            Event.REQUEST,
             method=request.method,
             path=request.path,
             status=response.status,

@@ -33,6 +33,7 @@ from transfer.core.errors import (
     RequestTimeout,
     ServiceUnavailable,
 )
+from transfer.core.events import Event
 from transfer.server.middleware import BYTES, UPLOAD_ID
 from transfer.server.state import STATE, ServerConfig, ServerState
 from transfer.server.views import (
@@ -74,7 +75,7 @@ async def create_upload(request: web.Request) -> web.Response:
             # status query would, or a client resuming at offset == size has nothing to send.
             info = await _finalize(state, upload_id)
     if not existed:
-        log.info("upload.created", upload_id=upload_id, size=creation.size, name=creation.name)
+        log.info(Event.UPLOAD_CREATED, upload_id=upload_id, size=creation.size, name=creation.name)
     headers = {"Location": location(request, upload_id), **expiry_headers(state, info)}
     return web.json_response(describe(info), headers=headers)
 
@@ -177,7 +178,7 @@ async def _create_from_put(
         _check_space(state, rng.total)
     spec = UploadSpec(upload_id, name, rng.total, metadata, repr_digest)
     info = await state.store.create(spec)
-    log.info("upload.created", upload_id=upload_id, size=rng.total, name=name, via="put")
+    log.info(Event.UPLOAD_CREATED, upload_id=upload_id, size=rng.total, name=name, via="put")
     return info
 
 
@@ -261,19 +262,19 @@ async def _body(request: web.Request, idle: float, min_rate: int) -> AsyncIterat
             async with asyncio.timeout(idle):
                 data = await request.content.readany()
         except TimeoutError as exc:
-            log.warning("upload.stalled", upload_id=request.get(UPLOAD_ID), idle=idle)
+            log.warning(Event.UPLOAD_STALLED, upload_id=request.get(UPLOAD_ID), idle=idle)
             raise RequestTimeout(Code.BODY_STALLED, f"no body bytes for {idle} s") from exc
         except (ConnectionError, aiohttp.ClientPayloadError) as exc:
             # The client went away mid-body: nobody hears the answer, but the log should
             # say what happened, not report a crash.
-            log.info("upload.disconnected", upload_id=request.get(UPLOAD_ID), received=received)
+            log.info(Event.UPLOAD_DISCONNECTED, upload_id=request.get(UPLOAD_ID), received=received)
             raise BadRequest(Code.BODY_INCOMPLETE, "the connection closed mid-body") from exc
         if not data:
             return
         received += len(data)
         elapsed = time.monotonic() - started
         if elapsed > idle and received < min_rate * elapsed:
-            log.warning("upload.too_slow", upload_id=request.get(UPLOAD_ID), received=received)
+            log.warning(Event.UPLOAD_TOO_SLOW, upload_id=request.get(UPLOAD_ID), received=received)
             raise RequestTimeout(Code.BODY_TOO_SLOW, f"the body is slower than {min_rate} B/s")
         yield data
 
@@ -282,13 +283,13 @@ async def _finalize(state: ServerState, upload_id: str) -> UploadInfo:
     try:
         info = await state.store.finalize(upload_id)
     except DigestMismatch:
-        log.warning("upload.reset", upload_id=upload_id, reason="repr_digest_mismatch")
+        log.warning(Event.UPLOAD_RESET, upload_id=upload_id, reason="repr_digest_mismatch")
         raise
     state.metrics.inc("transfer_uploads_completed_total")
     record = info.record
     assert record is not None  # finalize returns a record or raises
     log.info(
-        "upload.completed",
+        Event.UPLOAD_COMPLETED,
         upload_id=upload_id,
         size=record.size,
         digest=integrity.to_hex(record.digests).get(integrity.PREFERRED),

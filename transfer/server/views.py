@@ -17,6 +17,7 @@ from transfer.core.errors import (
     Conflict,
     NotFound,
 )
+from transfer.core.events import Event
 from transfer.server.middleware import UPLOAD_ID
 from transfer.server.state import STATE, ServerState
 from transfer.store.filestore import UploadInfo
@@ -113,7 +114,7 @@ async def delete_upload(request: web.Request) -> web.Response:
         if info.record is not None:
             raise Conflict(Code.UPLOAD_COMPLETE, "a completed upload cannot be aborted")
         await state.store.delete(upload_id)
-    log.info("upload.deleted", upload_id=upload_id, offset=info.state.offset)
+    log.info(Event.UPLOAD_DELETED, upload_id=upload_id, offset=info.state.offset)
     return web.Response(status=204)
 
 
