@@ -34,11 +34,26 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
+from transfer.common.http import without_hidden_retries
 from transfer.core.events import Event
 from transfer.server.app import ServerConfig, make_app
 from transfer.store.filestore import FileStore
 
 HOST = "127.0.0.1"
+
+
+@pytest.fixture
+def aiohttp_client(aiohttp_client: AiohttpClient) -> AiohttpClient:
+    """pytest-aiohttp's client, with aiohttp's hidden PUT re-send off as in production."""
+
+    async def make(*args: Any, **kwargs: Any) -> TestClient[Any, Any]:
+        client: TestClient[Any, Any] = await aiohttp_client(*args, **kwargs)
+        without_hidden_retries(client.session)
+        return client
+
+    return make
+
+
 START_DEADLINE = 15.0  # seconds for a child server to announce itself
 STOP_DEADLINE = 5.0
 

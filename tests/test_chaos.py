@@ -17,7 +17,6 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import aiohttp
 import pytest
 import requests
 from conftest import StartServer, digest_field, free_port
@@ -31,6 +30,7 @@ from support import (
     wait_until,
 )
 
+from transfer.common.http import new_session
 from transfer.testing.faultproxy import NO_FAULT, Fault, Plan, random_plan
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
@@ -209,7 +209,7 @@ async def test_a_wrong_repr_digest_is_refused_and_nothing_is_published(
     server = await asyncio.to_thread(serve_process, data_dir)
     data = bytes(range(256)) * 1200
     url = f"{server.url}/uploads/wrong"
-    async with aiohttp.ClientSession() as session:
+    async with new_session() as session:
         body = {"id": "wrong", "name": "wrong.bin", "size": len(data)}
         lie = {"Repr-Digest": digest_field(data[::-1])}
         async with session.post(f"{server.url}/uploads", json=body, headers=lie) as resp:

@@ -22,6 +22,7 @@ import xxhash
 from aiohttp import web
 from pytest_aiohttp import AiohttpServer
 
+from transfer.common.http import new_session
 from transfer.core.errors import Interrupted, RemoteError, TransientError
 from transfer.sender.client import Corruptor, Progress, UploadClient
 from transfer.sender.journal import FileState, JournalEntry
@@ -141,7 +142,7 @@ Start = Callable[[Responder], Awaitable[tuple[ScriptedServer, UploadClient]]]
 
 @pytest.fixture
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+    async with new_session(timeout=aiohttp.ClientTimeout(total=10)) as session:
         yield session
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import aiohttp
 import xxhash
 from conftest import Served
 from support import Launcher, assert_delivered
 
+from transfer.common.http import new_session
 from transfer.core.events import Event
 from transfer.sender.client import Corruptor, UploadClient
 from transfer.sender.journal import FileState, JournalEntry
@@ -56,7 +56,7 @@ async def test_a_file_damaged_before_its_first_upload_is_never_published(
     damaged = journaled[:-1] + b"\x7f"  # changed on disk after it was hashed
     entry = spooled(tmp_path / "a.bin", "run-00000", damaged, journaled)
     url = str(served.client.make_url("/"))
-    async with aiohttp.ClientSession() as session:
+    async with new_session() as session:
         policy = RetryPolicy(max_attempts=3, sleep=_no_sleep)
         uploader = Uploader(UploadClient(session, url), None, policy)
         done = await uploader.deliver(entry, fresh=True)
@@ -77,7 +77,7 @@ async def test_a_chunk_refused_every_time_fails_instead_of_looping(
     data = b"\x02\x00" * 3000
     entry = spooled(tmp_path / "b.bin", "run-00001", data)
     url = str(served.client.make_url("/"))
-    async with aiohttp.ClientSession() as session:
+    async with new_session() as session:
         client = UploadClient(session, url, corruptor=Corruptor(1.0, seed=1))
         uploader = Uploader(client, None, RetryPolicy(max_attempts=3, sleep=_no_sleep))
         done = await uploader.deliver(entry, fresh=True)
@@ -93,7 +93,7 @@ async def test_a_large_file_streams_with_two_chunks_in_flight(
     data = bytes(range(256)) * (7 * 1024 + 3)  # ~1.8 MiB: 8 chunks of 256 KiB
     entry = spooled(tmp_path / "c.bin", "run-00002", data)
     url = str(served.client.make_url("/"))
-    async with aiohttp.ClientSession() as session:
+    async with new_session() as session:
         uploader = Uploader(UploadClient(session, url), 256 * 1024, RetryPolicy(timeout=10.0))
         done = await uploader.deliver(entry, fresh=True)
 
@@ -119,7 +119,7 @@ async def test_a_pipeline_surprise_falls_back_to_one_chunk_at_a_time(
     )
     assert resp.status == 308
     url = str(served.client.make_url("/"))
-    async with aiohttp.ClientSession() as session:
+    async with new_session() as session:
         uploader = Uploader(UploadClient(session, url), 256 * 1024, RetryPolicy(timeout=10.0))
         done = await uploader.deliver(entry, fresh=True)
 

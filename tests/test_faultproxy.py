@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from transfer.common.http import new_session
 from transfer.core.errors import ConfigError
 from transfer.testing.faultproxy import NO_FAULT, Fault, FaultProxy, random_plan
 
@@ -300,9 +301,8 @@ async def http_port() -> AsyncIterator[int]:
 
 
 async def _post(proxy: FaultProxy, body: bytes, read_timeout: float = DEADLINE) -> int:
-    connector = aiohttp.TCPConnector(force_close=True)  # one connection per request
     client_timeout = aiohttp.ClientTimeout(total=DEADLINE, sock_read=read_timeout)
-    async with aiohttp.ClientSession(connector=connector, timeout=client_timeout) as session:
+    async with new_session(force_close=True, timeout=client_timeout) as session:
         url = f"http://{HOST}:{proxy.port}/upload"
         async with session.post(url, data=body) as response:
             assert response.status == 200

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from pytest_aiohttp import AiohttpClient, AiohttpServer
 from support import (
@@ -30,6 +29,7 @@ from support import (
     run_transfer,
 )
 
+from transfer.common.http import new_session
 from transfer.sender.client import UploadClient
 from transfer.sender.generator import GeneratorConfig, content_for, spec_for
 from transfer.sender.journal import FileJournal, FileState, JournalEntry
@@ -470,7 +470,7 @@ async def test_the_status_server_reports_counts_while_running(
     spool = tmp_path / "spool"
     gate = Gate(free=2)
     generator = GeneratorConfig(count=5, min_size=KiB, max_size=300 * KiB)
-    async with aiohttp.ClientSession() as session:
+    async with new_session() as session:
         with FileJournal.open(spool) as journal:
             await prepare_journal(journal, 17)
             client = UploadClient(session, str(upload_server.make_url("")))

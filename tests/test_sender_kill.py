@@ -35,6 +35,7 @@ from support import (
     wait_until,
 )
 
+from transfer.common.http import new_session
 from transfer.sender.client import UploadClient
 from transfer.sender.generator import GeneratorConfig, content_for, spec_for
 from transfer.sender.journal import FileJournal, FileState, Journal, JournalEntry
@@ -272,7 +273,7 @@ async def test_a_completion_the_journal_missed_is_confirmed_from_the_servers_rec
     server = await aiohttp_server(app, host="127.0.0.1")
     url = str(server.make_url(""))
     spool = tmp_path / "spool"
-    async with aiohttp.ClientSession() as session:
+    async with new_session() as session:
         with FileJournal.open(spool) as real:
             await prepare_journal(real, 7)
             crashing = CrashOnConfirm(real)

@@ -20,6 +20,7 @@ import structlog
 from aiohttp import web
 
 from transfer.cli.common import add_token, token_of
+from transfer.common.http import new_session
 from transfer.common.tls import client_context
 from transfer.core.errors import ConfigError, TransferError
 from transfer.core.events import Event
@@ -124,20 +125,8 @@ def run_send(args: argparse.Namespace) -> int:
 
 
 def _session(args: argparse.Namespace, concurrency: int) -> aiohttp.ClientSession:
-    token = token_of(args)
     context = client_context(args.ca_file) if args.server.startswith("https://") else None
-    session = aiohttp.ClientSession(
-        headers={"Authorization": f"Bearer {token}"} if token else None,
-        connector=aiohttp.TCPConnector(limit=concurrency * 2, ssl=context or True),
-        timeout=aiohttp.ClientTimeout(total=None, connect=10, sock_read=60),
-    )
-    # aiohttp silently re-sends an idempotent request (PUT) once when a kept-alive
-    # connection breaks. Our retry policy must be the only one, so that every retry is
-    # logged and counted and resumes from the server's offset: switch aiohttp's off.
-    # (A private attribute with no public switch; where it is missing, nothing changes.)
-    if hasattr(session, "_retry_connection"):
-        session._retry_connection = False
-    return session
+    return new_session(token=token_of(args), ssl_context=context, limit=concurrency * 2)
 
 
 async def _send(args: argparse.Namespace, config: SenderConfig) -> int:
