@@ -292,7 +292,7 @@ async def test_a_completion_the_journal_missed_is_confirmed_from_the_servers_rec
     assert again.uploader.stats.bytes_sent == other.size  # nothing of `lost` was resent
     assert app[STATE].metrics.get(COMPLETED) == 2
     for file_id, entry in entries.items():
-        assert_same(store.file_path(file_id), Path(entry.path))
+        assert_same(tmp_path / "data" / "files" / file_id, Path(entry.path))
 
 
 def assert_same(a: Path, b: Path) -> None:
