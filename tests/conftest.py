@@ -4,9 +4,10 @@
   pytest-aiohttp's `aiohttp_client`, listening on 127.0.0.1.
 - `digest_field`: an RFC 9530 field computed independently of `transfer.integrity`, so a
   bug there cannot hide behind the same bug in the test.
-- `serve_process`: `python -m transfer serve --port P --data-dir DIR` as a child process;
-  its stderr is drained by a thread (so the server never blocks on a full pipe) and the
-  URL is read from the JSON `server.started` line. Every child is gone at teardown.
+- `serve_process`: `python -m transfer serve --port P --data-dir DIR` as a child process,
+  started by the one harness (`transfer.testing.harness`): its log, stdout and stderr go
+  to files (so it never blocks on a full pipe) and the URL is read from the JSON
+  `server.started` line. Every child is gone at teardown.
 
 Nothing here sleeps to synchronize: waits are polls or blocking reads with a deadline.
 """
@@ -15,18 +16,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
-import queue
-import signal
-import socket
-import subprocess
-import sys
-import threading
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import Any, Protocol
 
 import pytest
 import xxhash
@@ -35,11 +28,11 @@ from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
 from transfer.common.http import without_hidden_retries
-from transfer.core.events import Event
 from transfer.server.app import ServerConfig, make_app
 from transfer.store.filestore import FileStore
+from transfer.testing.harness import HOST, Harness, ServerProcess, free_port
 
-HOST = "127.0.0.1"
+__all__ = ["HOST", "ServerProcess", "free_port"]  # for the tests that import them from here
 
 
 @pytest.fixture
@@ -53,9 +46,6 @@ def aiohttp_client(aiohttp_client: AiohttpClient) -> AiohttpClient:
 
     return make
 
-
-START_DEADLINE = 15.0  # seconds for a child server to announce itself
-STOP_DEADLINE = 5.0
 
 _HASHES: dict[str, Callable[[bytes], bytes]] = {
     "xxh3-128": lambda data: xxhash.xxh3_128(data).digest(),
@@ -143,93 +133,6 @@ async def served(make_served: MakeServed) -> Served:
 # --- server subprocess ---------------------------------------------------------------
 
 
-@dataclass
-class ServerProcess:
-    """One `transfer serve` child. `lines` holds every stderr line read so far."""
-
-    proc: subprocess.Popen[str]
-    data_dir: Path
-    lines: list[str] = field(default_factory=list)
-    url: str = ""
-
-    @property
-    def port(self) -> int:
-        return int(self.url.rsplit(":", 1)[1])
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown handler runs, exactly like a crash."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(STOP_DEADLINE)
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL if the server has not exited by the deadline."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(STOP_DEADLINE)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def events(self) -> list[dict[str, Any]]:
-        found = []
-        for line in list(self.lines):
-            try:
-                found.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-        return found
-
-
-def _drain(stream: IO[str], lines: list[str], announced: queue.Queue[str | None]) -> None:
-    with stream:
-        for line in stream:
-            lines.append(line)
-            announced.put(line)
-    announced.put(None)
-
-
-def _await_started(server: ServerProcess, announced: queue.Queue[str | None]) -> str:
-    deadline = time.monotonic() + START_DEADLINE
-    while (left := deadline - time.monotonic()) > 0:
-        try:
-            line = announced.get(timeout=left)
-        except queue.Empty:
-            break
-        if line is None:
-            raise RuntimeError(f"server exited ({server.proc.wait()}): {''.join(server.lines)}")
-        try:
-            event = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if event.get("event") == Event.SERVER_STARTED:
-            return str(event["url"])
-    raise RuntimeError(f"server did not start in {START_DEADLINE} s: {''.join(server.lines)}")
-
-
-def start_server(data_dir: Path, *, port: int = 0, extra: Sequence[str] = ()) -> ServerProcess:
-    command = [sys.executable, "-m", "transfer", "serve", "--host", HOST, "--port", str(port)]
-    command += ["--data-dir", str(data_dir), *extra]
-    proc = subprocess.Popen(
-        command,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    server = ServerProcess(proc, data_dir)
-    announced: queue.Queue[str | None] = queue.Queue()
-    threading.Thread(
-        target=_drain, args=(proc.stderr, server.lines, announced), daemon=True
-    ).start()
-    try:
-        server.url = _await_started(server, announced)
-    except BaseException:
-        server.kill()
-        raise
-    return server
-
-
 class StartServer(Protocol):
     def __call__(
         self, data_dir: Path, *, port: int = 0, extra: Sequence[str] = ()
@@ -237,25 +140,11 @@ class StartServer(Protocol):
 
 
 @pytest.fixture
-def serve_process() -> Iterator[StartServer]:
+def serve_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartServer]:
     """`serve_process(data_dir, port=0, extra=[...])` starts a child; all end at teardown."""
-    started: list[ServerProcess] = []
-
-    def start(data_dir: Path, *, port: int = 0, extra: Sequence[str] = ()) -> ServerProcess:
-        server = start_server(data_dir, port=port, extra=extra)
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
-
-
-def free_port() -> int:
-    """A port that was free a moment ago (bind to 0, read it, close)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
+    with Harness(tmp_path_factory.mktemp("children")) as harness:
+        yield harness.serve
+        harness.close(gracefully=True)
 
 
 async def chunks_of(data: bytes, size: int) -> AsyncIterator[bytes]:

@@ -1,5 +1,6 @@
 """Bounded chaos: real `transfer serve` / `transfer send` processes, real SIGKILLs, real
-sockets through the fault proxy, real files. `scripts/chaos.py` drives the runs.
+sockets through the fault proxy, real files. `transfer.testing.chaos` (the runner behind
+`scripts/chaos.py`) drives the runs.
 
 Every run is checked twice: by the runner's own invariants (its report must list no
 violation) and again here, independently, from the journal, the server's `files/` and
@@ -13,28 +14,21 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import requests
-from conftest import StartServer, digest_field, free_port
-from support import (
-    LogFile,
-    assert_delivered,
-    completions,
-    named,
-    read_journal,
-    run_transfer,
-    wait_until,
-)
+from conftest import StartServer, digest_field
+from support import assert_delivered, read_journal
 
 from transfer.common.http import new_session
+from transfer.core.events import Event
+from transfer.testing.chaos import ChaosConfig, ChaosReport, Run, check_invariants, run_chaos
 from transfer.testing.faultproxy import NO_FAULT, Fault, Plan, random_plan
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from chaos import ChaosConfig, ChaosReport, Run, check_invariants, run_chaos
+from transfer.testing.harness import free_port, run_transfer
+from transfer.testing.logs import LogFile, completions, named
+from transfer.testing.polling import wait_until
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 
@@ -140,8 +134,8 @@ def test_a_broken_connection_mid_chunk_is_resumed(tmp_path: Path, kind: str, fau
     assert report.retries >= 1
     server = LogFile(config.workdir / "server.log").events()
     if kind == "stalls":
-        assert named(server, "upload.stalled")
-        assert any(e.get("status") == 408 for e in named(server, "request"))
+        assert named(server, Event.UPLOAD_STALLED)
+        assert any(e.get("status") == 408 for e in named(server, Event.REQUEST))
 
 
 @pytest.mark.timeout(120)
@@ -172,7 +166,7 @@ def test_corrupted_chunks_are_refused_and_resent(tmp_path: Path) -> None:
 
     assert_intact(report, config)
     server = LogFile(config.workdir / "server.log").events()
-    mismatches = named(server, "digest.mismatch")
+    mismatches = named(server, Event.DIGEST_MISMATCH)
     assert mismatches, "no chunk was damaged: the test proved nothing"
     assert {e["code"] for e in mismatches} == {"chunk_digest_mismatch"}
     assert report.digest_mismatches == len(mismatches)
@@ -233,10 +227,10 @@ async def test_a_wrong_repr_digest_is_refused_and_nothing_is_published(
         async with session.put(url, data=data, headers=truth) as resp:
             assert resp.status == 200
     assert (data_dir / "files" / "wrong").read_bytes() == data
-    # The log is read from the child's stderr by a thread: poll until the lines are in.
-    completed = wait_until(lambda: named(server.events(), "upload.completed"), "the log")
+    # The child writes its log file on its own schedule: poll until the lines are in.
+    completed = wait_until(lambda: named(server.events(), Event.UPLOAD_COMPLETED), "the log")
     assert [e["upload_id"] for e in completed] == ["wrong"]
-    mismatch = named(server.events(), "digest.mismatch")
+    mismatch = named(server.events(), Event.DIGEST_MISMATCH)
     assert [(e["kind"], e["code"]) for e in mismatch] == [("file", "repr_digest_mismatch")]
 
 
@@ -272,7 +266,7 @@ def test_a_spool_file_damaged_before_upload_is_failed_not_sent(
     [(new_id, new)] = entries.items()
     assert new.state.value == "confirmed"
     assert (data_dir / "files" / new_id).read_bytes() == bytes(damaged)
-    failed = LogFile(tmp_path / "s.log").named("upload.failed")
+    failed = LogFile(tmp_path / "s.log").named(Event.UPLOAD_FAILED)
     assert [e["file_id"] for e in failed] == [journaled.file_id]
     assert "changed on disk" in failed[0]["reason"]
 
@@ -299,7 +293,7 @@ def test_a_publication_cut_by_a_crash_is_finished_at_start_up(
     published.rename(part)
 
     restarted = serve_process(data_dir)
-    started = named(restarted.events(), "server.started")
+    started = named(restarted.events(), Event.SERVER_STARTED)
     assert [e["recovered"] for e in started] == [["pub"]]
     assert published.read_bytes() == data
     assert not part.exists()

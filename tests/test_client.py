@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,10 +23,12 @@ from pytest_aiohttp import AiohttpServer
 
 from transfer.common.http import new_session
 from transfer.core.errors import Interrupted, RemoteError, TransientError
+from transfer.core.filestate import FileState
 from transfer.sender.client import Corruptor, Progress, UploadClient
-from transfer.sender.journal import FileState, JournalEntry
+from transfer.sender.journal import JournalEntry
 from transfer.sender.retry import RetryPolicy
 from transfer.sender.uploader import Uploader
+from transfer.testing.harness import free_port
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -305,9 +306,7 @@ async def test_a_200_that_is_not_json_is_transient(start: Start) -> None:
 
 
 async def test_connection_refused_is_transient(session: aiohttp.ClientSession) -> None:
-    with socket.socket() as sock:  # a port that was just free and now has no listener
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # a port that was just free and now has no listener
     client = UploadClient(session, f"http://127.0.0.1:{port}")
     with pytest.raises(TransientError, match="ClientConnectorError"):
         await client.query(FILE_ID)

@@ -11,8 +11,9 @@ from support import Launcher, assert_delivered
 
 from transfer.common.http import new_session
 from transfer.core.events import Event
+from transfer.core.filestate import FileState
 from transfer.sender.client import Corruptor, UploadClient
-from transfer.sender.journal import FileState, JournalEntry
+from transfer.sender.journal import JournalEntry
 from transfer.sender.retry import RetryPolicy
 from transfer.sender.uploader import Uploader
 

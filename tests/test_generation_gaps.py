@@ -9,8 +9,9 @@ from pathlib import Path
 import xxhash
 from support import Launcher, assert_delivered, named, read_journal
 
+from transfer.core.filestate import FileState
 from transfer.sender.generator import GeneratorConfig, content_for, spec_for
-from transfer.sender.journal import FileJournal, FileState, JournalEntry
+from transfer.sender.journal import FileJournal, JournalEntry
 
 SEED, RUN = 7, "gaprun1"
 CONFIG = GeneratorConfig(count=5, min_size=1024, max_size=8192, min_interval=0, max_interval=0)

@@ -11,14 +11,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from transfer.core.errors import JournalError
+from transfer.core.errors import IllegalTransition, JournalError
+from transfer.core.filestate import FileEvent, FileState
 from transfer.sender import journal as journal_module
 from transfer.sender.journal import (
     LOG_NAME,
     MAGIC,
     MAX_PAYLOAD,
     FileJournal,
-    FileState,
     Journal,
     JournalEntry,
     MetaRecord,
@@ -112,16 +112,67 @@ def test_invalid_file_id_is_refused(file_id: str) -> None:
         JournalEntry(file_id, "n", "/n", 1, "int16", "00", FileState.GENERATED)
 
 
-def test_with_state_replaces_state_and_its_details() -> None:
-    confirmed = entry(1).with_state(FileState.CONFIRMED, server_digest="ff")
+def test_after_moves_by_the_table_and_replaces_the_details() -> None:
+    failed = entry(1).after(FileEvent.DIGEST_DIFFERS, reason="digest mismatch")
+    assert (failed.state, failed.server_digest, failed.reason) == (
+        FileState.FAILED,
+        None,
+        "digest mismatch",
+    )
+    confirmed = failed.after(FileEvent.DIGEST_MATCHED, server_digest="ff")
     assert (confirmed.state, confirmed.server_digest, confirmed.reason) == (
         FileState.CONFIRMED,
         "ff",
         None,
     )
-    failed = confirmed.with_state(FileState.FAILED, reason="digest mismatch")
-    assert (failed.server_digest, failed.reason) == (None, "digest mismatch")
-    assert failed.size == entry(1).size
+    assert confirmed.size == entry(1).size
+
+
+def test_after_refuses_an_illegal_move_and_leaves_the_entry_as_it_was() -> None:
+    confirmed = entry(1).after(FileEvent.DIGEST_MATCHED, server_digest="ff")
+    before = (confirmed.state, confirmed.server_digest, confirmed.reason)
+    with pytest.raises(IllegalTransition, match="CONFIRMED"):
+        confirmed.after(FileEvent.REFUSED, reason="late refusal")
+    assert (confirmed.state, confirmed.server_digest, confirmed.reason) == before
+
+
+def test_file_state_is_re_exported_for_older_callers() -> None:
+    assert journal_module.FileState is FileState
+
+
+# Frames written before the lifecycle moved to core/filestate.py: the format is unchanged.
+_GOLDEN = {
+    FileState.GENERATED: (
+        b'TJ1\x00\x00\x00\xc2\x91W\xa8Y{"kind":"file","file_id":"run-00001","name":"a.bin",'
+        b'"path":"/s/a.bin","size":4,"dtype":"int16","digest":"0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f",'
+        b'"state":"generated","server_digest":null,"reason":null}'
+    ),
+    FileState.CONFIRMED: (
+        b'TJ1\x00\x00\x00\xe0\x90j^\xfb{"kind":"file","file_id":"run-00001","name":"a.bin",'
+        b'"path":"/s/a.bin","size":4,"dtype":"int16","digest":"0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f",'
+        b'"state":"confirmed","server_digest":"eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee","reason":null}'
+    ),
+    FileState.FAILED: (
+        b'TJ1\x00\x00\x00\xce\xe8\xbce\x16{"kind":"file","file_id":"run-00001","name":"a.bin",'
+        b'"path":"/s/a.bin","size":4,"dtype":"int16","digest":"0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f",'
+        b'"state":"failed","server_digest":null,"reason":"409 offset_gap: x"}'
+    ),
+}
+
+
+def test_frames_of_every_state_are_byte_identical_to_the_old_format() -> None:
+    generated = JournalEntry(
+        "run-00001", "a.bin", "/s/a.bin", 4, "int16", "0f" * 16, FileState.GENERATED
+    )
+    written = {
+        FileState.GENERATED: generated,
+        FileState.CONFIRMED: generated.after(FileEvent.DIGEST_MATCHED, server_digest="ee" * 16),
+        FileState.FAILED: generated.after(FileEvent.REFUSED, reason="409 offset_gap: x"),
+    }
+    for state, record in written.items():
+        assert encode_frame(encode_record(record)) == _GOLDEN[state]
+        frame = decode_frame(_GOLDEN[state])
+        assert frame is not None and decode_record(frame[0]) == record
 
 
 # -- round trips ----------------------------------------------------------------------------
@@ -132,8 +183,8 @@ async def test_round_trip_latest_state_wins_and_order_is_kept(tmp_path: Path) ->
     try:
         for n in range(3):
             await journal.record(entry(n))
-        await journal.record(entry(1).with_state(FileState.CONFIRMED, server_digest="aa"))
-        await journal.record(entry(0).with_state(FileState.FAILED, reason="gone"))
+        await journal.record(entry(1).after(FileEvent.DIGEST_MATCHED, server_digest="aa"))
+        await journal.record(entry(0).after(FileEvent.REFUSED, reason="gone"))
         await journal.set_meta("run_id", "r1")
         await journal.set_meta("seed", "7")
         await journal.set_meta("run_id", "r2")
@@ -296,8 +347,8 @@ async def test_concurrent_records_all_land_and_survive_reopen(tmp_path: Path) ->
 
 
 async def test_concurrent_updates_of_one_file_apply_in_call_order(tmp_path: Path) -> None:
-    states = [entry(1), entry(1).with_state(FileState.FAILED, reason="x"), entry(1)]
-    states.append(entry(1).with_state(FileState.CONFIRMED, server_digest="d"))
+    states = [entry(1), entry(1).after(FileEvent.GAVE_UP, reason="x"), entry(1)]
+    states.append(entry(1).after(FileEvent.DIGEST_MATCHED, server_digest="d"))
     with FileJournal.open(tmp_path) as journal:
         await asyncio.gather(*(journal.record(e) for e in states))
         assert journal.entries() == [states[-1]]

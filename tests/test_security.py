@@ -246,7 +246,7 @@ async def _metric(client: Client, name: str) -> float:
 
 async def _sweep(client: Client, clock: FakeClock) -> list[str]:
     state = client.app[STATE]
-    return await sweep_once(state.store, state.locks, state.metrics, ttl=TTL, now=clock)
+    return await sweep_once(state.store, state.admission.locks, state.metrics, ttl=TTL, now=clock)
 
 
 async def test_idle_partial_uploads_expire_and_nothing_else_does(make_served: MakeServed) -> None:
@@ -398,25 +398,47 @@ async def _put_until_accepted(client: Client, upload_id: str, data: bytes) -> li
     raise AssertionError(f"still refused after {DEADLINE} s: {statuses}")
 
 
+class BodyClock(FakeClock):
+    """The server's monotonic clock for body rates; it notes which tasks read it."""
+
+    __slots__ = ("readers",)
+
+    def __init__(self, now: float) -> None:
+        super().__init__(now)
+        self.readers: set[asyncio.Task[object] | None] = set()
+
+    def __call__(self) -> float:
+        self.readers.add(asyncio.current_task())
+        return self.now
+
+
 async def test_a_slow_body_attack_does_not_stop_a_normal_upload(make_served: MakeServed) -> None:
-    served = await make_served(idle_timeout=0.5, max_active=ATTACKERS)
-    state = served.client.app[STATE]
+    clock = BodyClock(1000.0)
+    served = await make_served(idle_timeout=5.0, max_active=ATTACKERS, monotonic=clock)
+    admission = served.client.app[STATE].admission
     data = random.Random(6).randbytes(300 * KiB)
 
     attack = [asyncio.create_task(_trickle(served.port, f"slow{i}")) for i in range(ATTACKERS)]
     try:
-        await _poll(lambda: state.active == ATTACKERS, "the attackers to hold every slot")
+        await _poll(lambda: admission.active == ATTACKERS, "the attackers to hold every slot")
+        await _poll(lambda: len(clock.readers) == ATTACKERS, "every attack body to be timed")
+        refused = await served.client.put(
+            "/uploads/normal", data=data, headers={"Content-Range": content_range(0, data, None)}
+        )
+        assert await _problem(refused) == (503, "too_many_uploads")  # the attack holds them
+        # A minute passes for the trickling bodies: each one's next byte finds it far
+        # under --min-rate, and the slots free up.
+        clock.now += 60.0
         statuses = await _put_until_accepted(served.client, "normal", data)
         answers = await asyncio.gather(*attack)
     finally:
         for task in attack:
             task.cancel()
 
-    assert statuses[0] == 503  # the attack really held every upload slot
     assert statuses[-1] == 200
     assert [(a.status, a.code) for a in answers] == [(408, "body_too_slow")] * ATTACKERS
     assert (served.files_dir / "normal").read_bytes() == data
-    assert state.active == 0
+    assert admission.active == 0
 
 
 # --- disk space and the partial quota ------------------------------------------------
@@ -574,11 +596,11 @@ class Held:
 async def _race_two_chunks(client: Client, port: int) -> list[tuple[int, str | None]]:
     """Two 600-byte chunks received at once: the first is held mid-body while the
     second is checked against the limits."""
-    state = client.app[STATE]
+    admission = client.app[STATE].admission
     first = await _start_chunk(port, "p1", b"1" * 600)
-    await _poll(lambda: state.active == 1, "the first chunk to be receiving")
+    await _poll(lambda: admission.active == 1, "the first chunk to be receiving")
     second = await _start_chunk(port, "p2", b"2" * 600)
-    await _poll(lambda: state.active == 2 or second.answer.done(), "the second chunk")
+    await _poll(lambda: admission.active == 2 or second.answer.done(), "the second chunk")
     answers = [await first.finish(), await second.finish()]
     return [(a.status, a.code) for a in answers]
 

@@ -30,9 +30,10 @@ from support import (
 )
 
 from transfer.common.http import new_session
+from transfer.core.filestate import FileState
 from transfer.sender.client import UploadClient
 from transfer.sender.generator import GeneratorConfig, content_for, spec_for
-from transfer.sender.journal import FileJournal, FileState, JournalEntry
+from transfer.sender.journal import FileJournal, JournalEntry
 from transfer.sender.pipeline import Sender, SenderConfig, prepare_journal
 from transfer.sender.retry import RetryPolicy
 from transfer.sender.status import make_status_app

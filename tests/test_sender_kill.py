@@ -22,20 +22,10 @@ from typing import Any
 import aiohttp
 import pytest
 from pytest_aiohttp import AiohttpServer
-from support import (
-    Event,
-    Launcher,
-    ProxyThread,
-    ServerProcess,
-    assert_delivered,
-    completions,
-    metric,
-    named,
-    read_journal,
-    wait_until,
-)
+from support import assert_delivered, metric, read_journal
 
 from transfer.common.http import new_session
+from transfer.core.events import Event
 from transfer.sender.client import UploadClient
 from transfer.sender.generator import GeneratorConfig, content_for, spec_for
 from transfer.sender.journal import FileJournal, FileState, Journal, JournalEntry
@@ -45,6 +35,10 @@ from transfer.sender.uploader import Uploader
 from transfer.server.app import STATE, make_app
 from transfer.store.filestore import FileStore
 from transfer.testing.faultproxy import Fault
+from transfer.testing.harness import Harness, ServerProcess
+from transfer.testing.logs import LogLine, completions, named
+from transfer.testing.polling import wait_until
+from transfer.testing.proxythread import ProxyThread
 
 pytestmark = [pytest.mark.slow, pytest.mark.chaos, pytest.mark.timeout(90)]
 
@@ -54,8 +48,8 @@ COMPLETED = "transfer_uploads_completed_total"
 
 
 @pytest.fixture
-def launch(tmp_path: Path) -> Iterator[Launcher]:
-    with Launcher(tmp_path) as launcher:
+def launch(tmp_path: Path) -> Iterator[Harness]:
+    with Harness(tmp_path) as launcher:
         yield launcher
 
 
@@ -77,20 +71,20 @@ def assert_exactly_once(
     return entries
 
 
-def sizes(events: list[Event]) -> dict[str, int]:
-    return {e["file_id"]: e["size"] for e in named(events, "file.generated")}
+def sizes(events: list[LogLine]) -> dict[str, int]:
+    return {e["file_id"]: e["size"] for e in named(events, Event.FILE_GENERATED)}
 
 
 # --- (a) during generation -----------------------------------------------------------
 
 
-def reached(index: int) -> Callable[[list[Event]], bool]:
+def reached(index: int) -> Callable[[list[LogLine]], bool]:
     """A log probe: has file `index` been generated (and so journaled)?"""
-    return lambda events: any(e["index"] >= index for e in named(events, "file.generated"))
+    return lambda events: any(e["index"] >= index for e in named(events, Event.FILE_GENERATED))
 
 
 def test_killed_during_generation_regenerates_only_the_missing_files(
-    launch: Launcher, tmp_path: Path
+    launch: Harness, tmp_path: Path
 ) -> None:
     server = launch.serve(tmp_path / "data")
     spool = tmp_path / "spool"
@@ -110,7 +104,7 @@ def test_killed_during_generation_regenerates_only_the_missing_files(
 
     last = launch.send(server.url, spool, *args, *FAST)
     assert last.finish() == 0, last.report()
-    regenerated = [e["index"] for e in named(last.log.events(), "file.generated")]
+    regenerated = [e["index"] for e in named(last.log.events(), Event.FILE_GENERATED)]
     # Spool writes overlap, so a burst may journal out of index order: compare sorted.
     assert sorted(regenerated) == list(range(journaled, count))
     assert_exactly_once(spool, server, count, seed, config)
@@ -119,16 +113,16 @@ def test_killed_during_generation_regenerates_only_the_missing_files(
 # --- (b) mid-chunk -------------------------------------------------------------------
 
 
-def first_partial_ack(events: list[Event]) -> Event | None:
+def first_partial_ack(events: list[LogLine]) -> LogLine | None:
     """A chunk.sent that left its file incomplete: the upload is mid-way."""
     size = sizes(events)
-    for sent in named(events, "chunk.sent"):
+    for sent in named(events, Event.CHUNK_SENT):
         if 0 < sent["acknowledged"] < size[sent["file_id"]]:
             return sent
     return None
 
 
-def test_killed_mid_chunk_resumes_at_the_servers_offset(launch: Launcher, tmp_path: Path) -> None:
+def test_killed_mid_chunk_resumes_at_the_servers_offset(launch: Harness, tmp_path: Path) -> None:
     server = launch.serve(tmp_path / "data")
     spool = tmp_path / "spool"
     count, seed = 3, 41
@@ -153,7 +147,7 @@ def test_killed_mid_chunk_resumes_at_the_servers_offset(launch: Launcher, tmp_pa
     events = second.log.events()
     final = assert_exactly_once(spool, server, count, seed, config)
     size = {e.file_id: e.size for e in final}
-    resumed = {e["file_id"]: e["offset"] for e in named(events, "upload.resumed")}
+    resumed = {e["file_id"]: e["offset"] for e in named(events, Event.UPLOAD_RESUMED)}
     assert ack["acknowledged"] <= resumed[ack["file_id"]] < size[ack["file_id"]]
     for file_id, end in size.items():
         sent = [(e["offset"], e["bytes"]) for e in named_chunks(events, file_id)]
@@ -167,8 +161,8 @@ def test_killed_mid_chunk_resumes_at_the_servers_offset(launch: Launcher, tmp_pa
     assert metric(server.url, "transfer_bytes_received_total") == sum(size.values())
 
 
-def named_chunks(events: list[Event], file_id: str) -> list[Event]:
-    return [e for e in named(events, "chunk.sent") if e["file_id"] == file_id]
+def named_chunks(events: list[LogLine], file_id: str) -> list[LogLine]:
+    return [e for e in named(events, Event.CHUNK_SENT) if e["file_id"] == file_id]
 
 
 def assert_contiguous(sent: list[tuple[int, int]], start: int, end: int) -> None:
@@ -188,7 +182,7 @@ def completed_unconfirmed(server: ServerProcess) -> str | None:
     return next(iter(done), None)
 
 
-def test_killed_after_the_last_chunk_before_confirmation(launch: Launcher, tmp_path: Path) -> None:
+def test_killed_after_the_last_chunk_before_confirmation(launch: Harness, tmp_path: Path) -> None:
     server = launch.serve(tmp_path / "data")
     spool = tmp_path / "spool"
     count, seed = 2, 51
@@ -215,8 +209,8 @@ def test_killed_after_the_last_chunk_before_confirmation(launch: Launcher, tmp_p
     second = launch.send(server.url, spool, *args, log_level="debug")
     assert second.finish() == 0, second.report()
     events = second.log.events()
-    assert [e for e in named(events, "chunk.sent") if e["file_id"] == done_id] == []
-    assert done_id in {e["file_id"] for e in named(events, "upload.confirmed")}
+    assert [e for e in named(events, Event.CHUNK_SENT) if e["file_id"] == done_id] == []
+    assert done_id in {e["file_id"] for e in named(events, Event.UPLOAD_CONFIRMED)}
     assert_exactly_once(spool, server, count, seed, config)
 
 
@@ -303,7 +297,7 @@ def assert_same(a: Path, b: Path) -> None:
 
 
 def test_the_sender_rides_out_a_server_killed_and_restarted(
-    launch: Launcher, tmp_path: Path
+    launch: Harness, tmp_path: Path
 ) -> None:
     data = tmp_path / "data"
     server = launch.serve(data)
@@ -321,7 +315,7 @@ def test_the_sender_rides_out_a_server_killed_and_restarted(
     )
     server.kill()
     before = server.events()
-    run.wait_for(lambda ev: named(ev, "upload.retry"), "the sender retrying")
+    run.wait_for(lambda ev: named(ev, Event.UPLOAD_RETRY), "the sender retrying")
     assert run.alive()
 
     restarted = launch.serve(data, port=server.port)
@@ -329,7 +323,7 @@ def test_the_sender_rides_out_a_server_killed_and_restarted(
     assert_delivered(spool, data, count)
     done = completions(before) + completions(restarted.events())
     assert max(done.values()) == 1, f"uploaded twice: {done}"
-    retries = named(run.log.events(), "upload.retry")
+    retries = named(run.log.events(), Event.UPLOAD_RETRY)
     assert retries and all(r["error"] for r in retries)
     summary: dict[str, Any] = run.summary()
     assert summary["ok"] is True and summary["retries"] == len(retries)

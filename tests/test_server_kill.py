@@ -10,8 +10,7 @@ synchronous in the test thread; the server is a child process.
 from __future__ import annotations
 
 import random
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ import xxhash
 from conftest import StartServer, digest_field
 
 from transfer.core.events import Event
+from transfer.testing.polling import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.chaos, pytest.mark.timeout(60)]
 
@@ -30,14 +30,6 @@ DEADLINE = 10.0
 
 def payload(size: int, seed: int = 7) -> bytes:
     return random.Random(seed).randbytes(size)
-
-
-def wait_until(check: Callable[[], bool], within: float = DEADLINE) -> None:
-    """Poll `check` until it holds; fail after `within` seconds."""
-    deadline = time.monotonic() + within
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached before the deadline"
-        time.sleep(0.002)
 
 
 def put_range(
@@ -103,7 +95,9 @@ def test_kill_while_a_chunk_body_is_arriving(serve_process: StartServer, tmp_pat
         nonlocal stored_before_kill
         for i in range(first, first + big // 2, PIECE):
             yield data[i : i + PIECE]
-        wait_until(lambda: part.stat().st_size > first)
+        wait_until(
+            lambda: part.stat().st_size > first, "bytes of the chunk stored", deadline=DEADLINE
+        )
         stored_before_kill = part.stat().st_size
         server.kill()
         yield data[first + big // 2 : first + big]

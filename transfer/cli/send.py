@@ -24,10 +24,11 @@ from transfer.common.http import new_session
 from transfer.common.tls import client_context
 from transfer.core.errors import ConfigError, TransferError
 from transfer.core.events import Event
+from transfer.core.filestate import FileState
 from transfer.sender import status
 from transfer.sender.client import Corruptor, UploadClient
 from transfer.sender.generator import GeneratorConfig
-from transfer.sender.journal import FileJournal, FileState, JournalEntry
+from transfer.sender.journal import FileJournal, JournalEntry
 from transfer.sender.pipeline import Sender, SenderConfig, prepare_journal
 from transfer.sender.retry import RetryPolicy
 from transfer.sender.uploader import Uploader

@@ -19,6 +19,7 @@
     ├── JournalError                   the sender's journal is damaged beyond its torn tail
     ├── LocalFileDamaged               a spool file no longer matches its journaled digest
     ├── Interrupted                    the sender was asked to stop between two chunks
+    ├── IllegalTransition              a lifecycle table has no move for (state, event): a bug
     └── ConfigError                    a bad flag or setting; the CLI prints it and exits 2
 
 Invariants: a `ProtocolError`'s `code` is stable (clients and tests match on it) and
@@ -209,6 +210,19 @@ class LocalFileDamaged(TransferError):
 
 class Interrupted(TransferError):
     """The sender is stopping: the file stays unconfirmed and resumes next run."""
+
+
+class IllegalTransition(TransferError):
+    """A lifecycle table (e.g. `filestate.TRANSITIONS`) has no move for this (state, event).
+
+    Raised before anything changes, so the caller still holds the state it had. It marks
+    a bug in the caller, never a server's or a user's mistake.
+    """
+
+    def __init__(self, state: object, event: object) -> None:
+        super().__init__(f"no transition from {state!s} on {event!s}")
+        self.state = state
+        self.event = event
 
 
 class ConfigError(TransferError):

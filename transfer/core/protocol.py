@@ -170,6 +170,11 @@ class ChunkPlan:
     write: int
     total: int | None
 
+    @property
+    def length(self) -> int:
+        """The body's length: the range's, overlap included."""
+        return self.skip + self.write
+
     def after(self, state: UploadState) -> UploadState:
         """The state once the planned bytes are durably written."""
         return UploadState(state.offset + self.write, self.total)
@@ -207,6 +212,22 @@ def plan_chunk(state: UploadState, rng: ChunkRange) -> ChunkPlan:
         )
     skip = min(state.offset - rng.start, rng.length)
     return ChunkPlan(skip=skip, write=rng.length - skip, total=total)
+
+
+def check_body_length(plan: ChunkPlan, received: int, *, ended: bool) -> None:
+    """Check a chunk's body against its range after `received` bytes arrived.
+
+    While the body is still arriving (`ended` False) only too many bytes are an error;
+    once it ended it must have had exactly the range's length.
+
+    Raises:
+        BadRequest: `body_too_long` past the range's length, `body_too_short` when an
+            ended body fell short of it.
+    """
+    if received > plan.length:
+        raise BadRequest(Code.BODY_TOO_LONG, f"body is longer than the range's {plan.length}")
+    if ended and received != plan.length:
+        raise BadRequest(Code.BODY_TOO_SHORT, f"body has {received} of {plan.length} bytes")
 
 
 @dataclass(frozen=True, slots=True)

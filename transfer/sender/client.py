@@ -25,6 +25,7 @@ import aiohttp
 
 from transfer.core import integrity, protocol
 from transfer.core.errors import BadRequest, Code, RemoteError, TransientError
+from transfer.sender.reasons import Reason
 
 _TRANSIENT_CODES = frozenset({Code.CHUNK_DIGEST_MISMATCH})
 
@@ -180,9 +181,9 @@ def _json(payload: bytes) -> dict[str, Any]:
 def _problem(payload: bytes) -> tuple[str, str]:
     try:
         doc = json.loads(payload)
-        return str(doc.get("code", "unknown")), str(doc.get("detail", ""))
+        return str(doc.get("code", Reason.UNKNOWN)), str(doc.get("detail", ""))
     except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-        return "unknown", payload[:200].decode("utf-8", "replace")
+        return Reason.UNKNOWN, payload[:200].decode("utf-8", "replace")
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:

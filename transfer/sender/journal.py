@@ -17,6 +17,8 @@ Invariants:
   payload bytes are printable ASCII: a length read from them is at least 0x20202020,
   above `MAX_PAYLOAD`. A false "valid frame" would only make recovery refuse, never drop.
 - Later records supersede earlier ones (per `file_id`, per meta key); first-seen order.
+  A state changes only through `JournalEntry.after` (the table in `core/filestate.py`);
+  records read back are taken as written, whatever the move between them.
 
 Why not SQLite in WAL mode: a record costs one sequential write and one fsync (fewer with
 group commit: appends that arrive while a write is in flight share the next one), a torn
@@ -28,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import enum
 import fcntl
 import json
 import os
@@ -41,6 +42,10 @@ from typing import Protocol
 
 from transfer.common.fsutil import fsync_dir, write_all
 from transfer.core.errors import JournalError
+from transfer.core.filestate import FileEvent, next_state
+
+# Re-exported (the alias is how mypy --strict spells it): the journal stores its values.
+from transfer.core.filestate import FileState as FileState  # noqa: PLC0414
 
 MAGIC = b"TJ1"
 MAX_PAYLOAD = 1 << 20
@@ -48,12 +53,6 @@ LOG_NAME = "journal.log"
 LOCK_NAME = "journal.lock"
 _HEADER = struct.Struct(">3sII")
 _FILE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-
-
-class FileState(enum.Enum):
-    GENERATED = "generated"
-    CONFIRMED = "confirmed"
-    FAILED = "failed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,9 +73,16 @@ class JournalEntry:
         if not isinstance(self.size, int) or self.size < 0:
             raise ValueError(f"invalid size {self.size!r}")
 
-    def with_state(
-        self, state: FileState, *, server_digest: str | None = None, reason: str | None = None
+    def after(
+        self, event: FileEvent, *, server_digest: str | None = None, reason: str | None = None
     ) -> JournalEntry:
+        """This entry once `event` happened: the next state comes from the one table,
+        `filestate.TRANSITIONS`; `server_digest` and `reason` replace the old ones.
+
+        Raises:
+            IllegalTransition: `event` is no legal move from this state (self is unchanged).
+        """
+        state = next_state(self.state, event)
         return dataclasses.replace(self, state=state, server_digest=server_digest, reason=reason)
 
 

@@ -10,8 +10,9 @@ Invariants:
 - Generated ids are `{run}-{index:05d}`: the run id and the seed live in the journal, so a
   restarted sender regenerates exactly the missing indices, byte-identical, and never
   more than `count` files in total.
-- A restart first re-queues every unconfirmed file (the server's offset says where to
-  resume); a confirmed file is never uploaded again.
+- A restart first re-queues every file the lifecycle table lets re-queue (every state
+  but CONFIRMED, see `core.filestate`; the server's offset says where to resume); a
+  confirmed file is never uploaded again.
 - Stopping (SIGINT/SIGTERM) ends generation at once, lets in-flight chunks finish (at
   most `drain_timeout`), and leaves unfinished files journaled for the next run.
 """
@@ -33,8 +34,10 @@ import xxhash
 from transfer.common.fsutil import remove_tmp_files, write_atomic
 from transfer.core.errors import ConfigError, Interrupted
 from transfer.core.events import Event
+from transfer.core.filestate import FileEvent, FileState, allows
 from transfer.sender.generator import FileSpec, GeneratorConfig, content_for, generate, spec_for
-from transfer.sender.journal import FileState, Journal, JournalEntry
+from transfer.sender.journal import Journal, JournalEntry
+from transfer.sender.reasons import Reason
 from transfer.sender.retry import Sleep
 from transfer.sender.uploader import Uploader, hash_file
 
@@ -108,7 +111,7 @@ class Sender:
                 self._queue.put_nowait(None)
             await self._drain(workers)
         counts = self.counts()
-        return counts["confirmed"] == sum(counts.values()) and not self.stop.is_set()
+        return counts[FileState.CONFIRMED.value] == sum(counts.values()) and not self.stop.is_set()
 
     async def _until_produced(self, producer: asyncio.Task[None]) -> None:
         stopped = asyncio.create_task(self.stop.wait())
@@ -116,7 +119,7 @@ class Sender:
         stopped.cancel()
         if not producer.done():
             producer.cancel()
-            log.info(Event.SENDER_STOPPING, reason="signal")
+            log.info(Event.SENDER_STOPPING, reason=Reason.SIGNAL)
         with contextlib.suppress(asyncio.CancelledError):
             await producer
         if not producer.cancelled() and producer.exception() is not None:
@@ -133,7 +136,7 @@ class Sender:
 
     async def _resume(self) -> None:
         for entry in self.journal.entries():
-            if entry.state is not FileState.CONFIRMED:
+            if allows(entry.state, FileEvent.REQUEUED):  # every state but CONFIRMED
                 log.info(Event.FILE_REQUEUED, file_id=entry.file_id, state=entry.state.value)
                 self._queue.put_nowait(entry)
 
@@ -181,14 +184,19 @@ class Sender:
                 await writers.start(
                     self._spool_and_queue(run, spec, content_for(seed, index, spec.size))
                 )
-            async for spec, data in generate(
-                config, seed, start=start, sleep=self.sleep, clock=self.clock
-            ):
-                await writers.start(self._spool_and_queue(run, spec, data))
-            await writers.wait()
+            await self._generate_from(writers, config, run, seed, start)
         finally:
             await writers.cancel()
         log.info(Event.GENERATION_FINISHED, files=self.tally.generated)
+
+    async def _generate_from(
+        self, writers: _Writers, config: GeneratorConfig, run: str, seed: int, start: int
+    ) -> None:
+        """Files `start..` on the seeded schedule, then wait for every spool write."""
+        clock, sleep = self.clock, self.sleep
+        async for spec, data in generate(config, seed, start=start, sleep=sleep, clock=clock):
+            await writers.start(self._spool_and_queue(run, spec, data))
+        await writers.wait()
 
     async def _spool_and_queue(self, run: str, spec: FileSpec, data: bytes) -> None:
         entry = await self._spool(f"{run}-{spec.index:05d}", spec, data)
@@ -222,20 +230,25 @@ class Sender:
             size, digest = await asyncio.to_thread(hash_file, path)
             if (str(path), digest) in known:
                 continue
-            entry = JournalEntry(
-                file_id=f"{run}-p{number:05d}",
-                name=name,
-                path=str(path),
-                size=size,
-                dtype="bytes",
-                digest=digest,
-                state=FileState.GENERATED,
-            )
+            entry = _path_entry(f"{run}-p{number:05d}", path, name, size, digest)
             number += 1
             await self.journal.record(entry)
             self.tally.born[entry.file_id] = self.clock()
             self._fresh.add(entry.file_id)
             self._queue.put_nowait(entry)
+
+
+def _path_entry(file_id: str, path: Path, name: str, size: int, digest: str) -> JournalEntry:
+    """A given file as journaled: its own path (no spool copy), dtype `bytes`."""
+    return JournalEntry(
+        file_id=file_id,
+        name=name,
+        path=str(path),
+        size=size,
+        dtype="bytes",
+        digest=digest,
+        state=FileState.GENERATED,
+    )
 
 
 def generated_indices(entries: Iterable[JournalEntry], run: str) -> set[int]:

@@ -14,10 +14,12 @@ from typing import TextIO
 from aiohttp import web
 
 from transfer.common.metrics import Metrics
+from transfer.core.filestate import FileState
 from transfer.core.units import format_size
 from transfer.sender.pipeline import Sender
 
 SENDER = web.AppKey("sender", Sender)
+_CONFIRMED, _FAILED = FileState.CONFIRMED.value, FileState.FAILED.value  # keys of counts()
 
 
 def snapshot(sender: Sender) -> dict[str, object]:
@@ -89,7 +91,7 @@ def summary_line(sender: Sender) -> str:
     files = sender.counts()
     total = sum(files.values())
     return (
-        f"{files['confirmed']}/{total} files confirmed, {files['failed']} failed; "
+        f"{files[_CONFIRMED]}/{total} files confirmed, {files[_FAILED]} failed; "
         f"{format_size(float(snap['bytes_sent']))} sent in {snap['elapsed_s']} s "  # type: ignore[arg-type]
         f"({snap['mb_per_s']} MB/s); {snap['retries']} retries, {snap['resumes']} resumes"
     )
@@ -98,10 +100,10 @@ def summary_line(sender: Sender) -> str:
 def draw_progress(sender: Sender, target: int | None, stream: TextIO = sys.stderr) -> None:
     files = sender.counts()
     total = target or sum(files.values()) or 1
-    done = files["confirmed"]
+    done = files[_CONFIRMED]
     width = 30
     filled = min(width, width * done // total)
     bar = "#" * filled + "-" * (width - filled)
     sent = format_size(sender.uploader.stats.bytes_sent)
-    stream.write(f"\r[{bar}] {done}/{total} files  {sent}  {files['failed']} failed ")
+    stream.write(f"\r[{bar}] {done}/{total} files  {sent}  {files[_FAILED]} failed ")
     stream.flush()

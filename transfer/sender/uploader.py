@@ -10,6 +10,14 @@ Invariants:
 - A whole-file mismatch (`repr_digest_mismatch`, server reset to 0) is re-sent from zero
   at most `mismatch_retries` times; other refusals fail the file with the server's code.
 - Only `TransientError` is retried (see `retry.RetryPolicy`); each retry is logged.
+- Every state change goes through `JournalEntry.after` and so through the one table,
+  `core.filestate.TRANSITIONS`: confirmed on a matching digest; failed on a refusal, a
+  damaged spool file, an exhausted retry budget or a different digest.
+- Log lines of one delivery carry its `file_id` from structlog's context (bound in
+  `deliver`, never passed by hand). The upload id is the file id, so nothing else is
+  bound. The binding lives in the delivering task's context, copied into the chunk tasks
+  it spawns; each delivery runs in its own task (a pipeline worker, or a task of
+  `gather`), and one task delivers one file at a time, so ids never mix.
 """
 
 from __future__ import annotations
@@ -36,13 +44,16 @@ from transfer.core.errors import (
     TransientError,
 )
 from transfer.core.events import Event
+from transfer.core.filestate import FileEvent
 from transfer.sender.client import Announce, Progress, UploadClient
-from transfer.sender.journal import FileState, JournalEntry
+from transfer.sender.journal import JournalEntry
+from transfer.sender.reasons import Reason
 from transfer.sender.retry import RetryPolicy
 
 log = structlog.get_logger("transfer.uploader")
 
 Reader = AsyncBufferedReader
+_InFlight = deque[tuple[int, asyncio.Task[Progress]]]  # (end offset, its PUT), in order
 _MAX_RESYNCS = 20
 _MAX_STALLED = 25
 
@@ -72,30 +83,35 @@ class Uploader:
 
         `fresh`: this process journaled the entry itself, under an id the server cannot
         know yet, so the first attempt skips the POST: its first PUT creates the upload.
-        Every attempt, fresh or not, first checks the file against the journal.
+        Every attempt, fresh or not, first checks the file against the journal. Every log
+        line until it returns carries `file_id` (see the module's invariants).
         """
+        with structlog.contextvars.bound_contextvars(file_id=entry.file_id):
+            return await self._deliver(entry, fresh=fresh)
+
+    async def _deliver(self, entry: JournalEntry, *, fresh: bool) -> JournalEntry:
         for attempt in range(self.mismatch_retries + 1):
-            inline = fresh and attempt == 0
             try:
                 await check_local(entry)
-                progress = await self._push(entry, inline=inline)
+                progress = await self._push(entry, inline=fresh and attempt == 0)
             except RemoteError as exc:
                 if exc.code == Code.REPR_DIGEST_MISMATCH and attempt < self.mismatch_retries:
-                    log.warning(Event.UPLOAD_MISMATCH, file_id=entry.file_id, attempt=attempt + 1)
+                    log.warning(Event.UPLOAD_MISMATCH, attempt=attempt + 1)
                     continue
-                return _failed(entry, f"{exc.status} {exc.code}: {exc.detail}")
-            except (LocalFileDamaged, TransientError) as exc:
-                return _failed(entry, str(exc))
+                return _failed(entry, FileEvent.REFUSED, f"{exc.status} {exc.code}: {exc.detail}")
+            except LocalFileDamaged as exc:
+                return _failed(entry, FileEvent.SPOOL_DAMAGED, str(exc))
+            except TransientError as exc:
+                return _failed(entry, FileEvent.GAVE_UP, str(exc))
             return self._confirm(entry, progress)
         raise AssertionError("unreachable: the last attempt returns")
 
     def _confirm(self, entry: JournalEntry, progress: Progress) -> JournalEntry:
         if progress.digest != entry.digest:
-            return _failed(
-                entry, f"server holds digest {progress.digest}, journal has {entry.digest}"
-            )
-        log.info(Event.UPLOAD_CONFIRMED, file_id=entry.file_id, size=entry.size)
-        return entry.with_state(FileState.CONFIRMED, server_digest=progress.digest)
+            reason = f"server holds digest {progress.digest}, journal has {entry.digest}"
+            return _failed(entry, FileEvent.DIGEST_DIFFERS, reason)
+        log.info(Event.UPLOAD_CONFIRMED, size=entry.size)
+        return entry.after(FileEvent.DIGEST_MATCHED, server_digest=progress.digest)
 
     async def _push(self, entry: JournalEntry, *, inline: bool) -> Progress:
         if inline:
@@ -104,7 +120,7 @@ class Uploader:
             progress = await self._retry(entry, lambda: self._create(entry))
         if progress.offset and progress.record is None:
             self.stats.resumes += 1
-            log.info(Event.UPLOAD_RESUMED, file_id=entry.file_id, offset=progress.offset)
+            log.info(Event.UPLOAD_RESUMED, offset=progress.offset)
         async with aiofiles.open(entry.path, "rb") as source:
             return await self._send_all(entry, source, progress)
 
@@ -114,29 +130,29 @@ class Uploader:
         source: Reader,
         progress: Progress,
     ) -> Progress:
+        """Send until the server returns the record: pipelined while nothing surprises,
+        then one chunk at a time. A 409 re-asks the offset (at most `_MAX_RESYNCS`
+        times); too many steps without progress end in a `TransientError`."""
         known: Progress | None = await self._pipeline(entry, source, progress)
-        resyncs = stalled = 0
-        best = progress.offset
+        stall = _Stall(best=progress.offset)
+        resyncs = 0
         while known is None or known.record is None:
-            if self.stopping():
-                raise Interrupted(f"stopped before {entry.file_id} was complete")
-            step = _bind(self._step, entry, source, known)
+            self._check_stopping(entry)
             try:
-                known = await self._retry(entry, step)
+                known = await self._retry(entry, _bind(self._step, entry, source, known))
             except RemoteError as exc:
                 if exc.status != 409 or resyncs >= _MAX_RESYNCS:
                     raise
                 resyncs += 1
-                log.info(Event.UPLOAD_RESYNC, file_id=entry.file_id, code=exc.code)
+                log.info(Event.UPLOAD_RESYNC, code=exc.code)
                 known = None
                 continue
-            # A retry that only re-asks the offset "succeeds": count steps that moved
-            # nothing, so a chunk the server refuses every time cannot loop for ever.
-            stalled = 0 if known.offset > best else stalled + 1
-            best = max(best, known.offset)
-            if stalled > _MAX_STALLED:
-                raise TransientError(f"no progress at offset {best} after {stalled} tries")
+            stall.observe(known.offset)
         return known
+
+    def _check_stopping(self, entry: JournalEntry) -> None:
+        if self.stopping():
+            raise Interrupted(f"stopped before {entry.file_id} was complete")
 
     async def _pipeline(
         self, entry: JournalEntry, source: Reader, progress: Progress
@@ -148,37 +164,39 @@ class Uploader:
         chunk = self.chunk_size or auto_chunk_size(entry.size)
         if self.window < 2 or progress.record is not None or entry.size <= chunk:
             return progress
-        pending: deque[tuple[int, asyncio.Task[Progress]]] = deque()
-        offset, known = progress.offset, progress
+        pending: _InFlight = deque()
         try:
-            while known.record is None:
-                if self.stopping():
-                    raise Interrupted(f"stopped before {entry.file_id} was complete")
-                while len(pending) < self.window and offset < entry.size:
-                    data = await _read(source, offset, chunk, entry)
-                    pending.append((offset + len(data), self._spawn(entry, offset, data)))
-                    offset += len(data)
-                end, task = pending.popleft()
-                known = await task
-                if known.record is None and known.offset != end:
-                    log.info(
-                        Event.UPLOAD_RESYNC, file_id=entry.file_id, code="short_acknowledgement"
-                    )
-                    return None
+            return await self._stream(entry, source, progress, chunk, pending)
         except TransientError as exc:
             # The careful path retries this chunk after asking for the offset: a retry.
             self.stats.retries += 1
-            log.warning(
-                Event.UPLOAD_RETRY, file_id=entry.file_id, attempt=1, error=str(exc), wait=0
-            )
+            log.warning(Event.UPLOAD_RETRY, attempt=1, error=str(exc), wait=0)
             return None
         except RemoteError as exc:
-            log.info(Event.UPLOAD_RESYNC, file_id=entry.file_id, code=exc.code)
+            log.info(Event.UPLOAD_RESYNC, code=exc.code)
             return None
         finally:
             for _, task in pending:
                 task.cancel()
             await asyncio.gather(*(task for _, task in pending), return_exceptions=True)
+
+    async def _stream(
+        self, entry: JournalEntry, source: Reader, known: Progress, chunk: int, pending: _InFlight
+    ) -> Progress | None:
+        """Await the chunks of `pending` in order, topping it up to `window`; None as soon
+        as one is acknowledged short of its end (the server held other bytes)."""
+        offset = known.offset
+        while known.record is None:
+            self._check_stopping(entry)
+            while len(pending) < self.window and offset < entry.size:
+                data = await _read(source, offset, chunk, entry)
+                pending.append((offset + len(data), self._spawn(entry, offset, data)))
+                offset += len(data)
+            end, task = pending.popleft()
+            known = await task
+            if known.record is None and known.offset != end:
+                log.info(Event.UPLOAD_RESYNC, code=Reason.SHORT_ACKNOWLEDGEMENT)
+                return None
         return known
 
     def _spawn(self, entry: JournalEntry, offset: int, data: bytes) -> asyncio.Task[Progress]:
@@ -194,7 +212,6 @@ class Uploader:
         self.stats.chunks += 1
         log.info(
             Event.CHUNK_SENT,
-            file_id=entry.file_id,
             offset=offset,
             bytes=len(data),
             acknowledged=progress.offset,
@@ -233,7 +250,7 @@ class Uploader:
         """Run `step`; on a TransientError, back off and only ask where the server stands
         (`_resync`): the caller's loop then sends from that offset."""
         first = True
-        async for attempt in self.policy.retrying(lambda state: self._log_retry(entry, state)):
+        async for attempt in self.policy.retrying(self._log_retry):
             with attempt:
                 if first:
                     first = False
@@ -246,12 +263,11 @@ class Uploader:
         known = await self.client.query(entry.file_id)
         return await self._create(entry) if known.missing else known
 
-    def _log_retry(self, entry: JournalEntry, state: RetryCallState) -> None:
+    def _log_retry(self, state: RetryCallState) -> None:
         self.stats.retries += 1
         error = state.outcome.exception() if state.outcome else None
         log.warning(
             Event.UPLOAD_RETRY,
-            file_id=entry.file_id,
             attempt=state.attempt_number,
             error=str(error),
             wait=round(state.upcoming_sleep, 3),
@@ -290,9 +306,25 @@ def _bind(
     return lambda: step(entry, source, known)
 
 
-def _failed(entry: JournalEntry, reason: str) -> JournalEntry:
-    log.error(Event.UPLOAD_FAILED, file_id=entry.file_id, reason=reason)
-    return entry.with_state(FileState.FAILED, reason=reason)
+def _failed(entry: JournalEntry, event: FileEvent, reason: str) -> JournalEntry:
+    log.error(Event.UPLOAD_FAILED, reason=reason)
+    return entry.after(event, reason=reason)
+
+
+@dataclass(slots=True)
+class _Stall:
+    """Counts steps that moved nothing past `best`: a retry that only re-asks the offset
+    "succeeds", so a chunk the server refuses every time must not loop for ever."""
+
+    best: int
+    stalled: int = 0
+
+    def observe(self, offset: int) -> None:
+        """Raise `TransientError` after more than `_MAX_STALLED` steps in a row at `best`."""
+        self.stalled = 0 if offset > self.best else self.stalled + 1
+        self.best = max(self.best, offset)
+        if self.stalled > _MAX_STALLED:
+            raise TransientError(f"no progress at offset {self.best} after {self.stalled} tries")
 
 
 async def check_local(entry: JournalEntry) -> None:

@@ -1,11 +1,12 @@
 """The aiohttp application of `transfer serve`: routes, middlewares, background sweep.
 
-The handlers are thin shells that translate HTTP to and from `transfer.protocol` values
-and `UploadStore` calls and never touch the disk themselves: `receive.py` (POST, PUT),
-`views.py` (HEAD, GET, DELETE, files, health, metrics). `docs/protocol.md` is the
-contract. Invariant: every refusal is `application/problem+json` with a stable `code`
-(`middleware.py`), and with `token` set nothing but `/healthz` (and `/metrics` unless
-protected) answers without it (`auth.py`).
+The handlers are thin shells that translate HTTP to and from `transfer.core` values
+and `UploadStore` calls and never touch the disk themselves: `native.py` (POST, PUT),
+`views.py` (HEAD, GET, DELETE, files, health, metrics); they ask `admission.py` for
+locks, slots and space. `docs/protocol.md` is the contract. Invariants: every refusal
+is `application/problem+json` with a stable `code` (`middleware.py`); every request is
+logged with its `request_id`; with `token` set nothing but `/healthz` (and `/metrics`
+unless protected) answers without it (`auth.py`).
 """
 
 from __future__ import annotations
@@ -21,21 +22,21 @@ from aiohttp.typedefs import Middleware
 from transfer.common.metrics import Metrics
 from transfer.server.auth import bearer_middleware
 from transfer.server.expiry import sweep_forever
-from transfer.server.middleware import problems_middleware
+from transfer.server.middleware import context_middleware, problems_middleware
 from transfer.server.native import create_upload, put_chunk
 from transfer.server.state import STATE, MiB, ServerConfig, ServerState
 from transfer.server.views import delete_upload, get_file, get_upload, head_upload, healthz, metrics
-from transfer.store.filestore import UploadStore
+from transfer.store.base import ServerStore
 
 log = structlog.get_logger("transfer.server")
 
 __all__ = ["STATE", "ServerConfig", "ServerState", "make_app"]
 
 
-def make_app(store: UploadStore, config: ServerConfig | None = None) -> web.Application:
+def make_app(store: ServerStore, config: ServerConfig | None = None) -> web.Application:
     state = ServerState(store, config or ServerConfig())
     _describe_metrics(state.metrics)
-    middlewares: list[Middleware] = [problems_middleware(state.metrics)]
+    middlewares: list[Middleware] = [context_middleware, problems_middleware(state.metrics)]
     if state.config.token is not None:
         middlewares.append(
             bearer_middleware(state.config.token, protect_metrics=state.config.protect_metrics)
@@ -60,7 +61,7 @@ async def _sweeper(app: web.Application) -> AsyncIterator[None]:
     task = asyncio.create_task(
         sweep_forever(
             state.store,
-            state.locks,
+            state.admission.locks,
             state.metrics,
             ttl=state.config.partial_ttl,
             now=state.config.clock,

@@ -1,7 +1,8 @@
 """Removing abandoned partial uploads.
 
-A partial upload whose `.part` file has not changed for `partial_ttl` seconds is deleted
-by a background sweep (every `min(ttl / 4, 60 s)`), under the upload's lock and after a
+A partial upload that has not changed for `partial_ttl` seconds (by the store's
+`ExpiringStore.modified`: for `FileStore`, its `.part` file's mtime) is deleted by a
+background sweep (every `min(ttl / 4, 60 s)`), under the upload's lock and after a
 second look, so an upload that is receiving bytes is never removed. Its id then answers
 404, like one that never existed. Completed files are never touched.
 """
@@ -10,19 +11,24 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Protocol
 
 import structlog
 
 from transfer.common.metrics import Metrics
 from transfer.core.events import Event
 from transfer.server.locks import KeyedLocks
-from transfer.store.filestore import UploadStore
+from transfer.store.base import ExpiringStore, UploadStore
 
 log = structlog.get_logger("transfer.expiry")
 
 
+class SweptStore(UploadStore, ExpiringStore, Protocol):
+    """What the sweep needs: the expiry listing, and `get` and `delete`."""
+
+
 async def sweep_once(
-    store: UploadStore,
+    store: SweptStore,
     locks: KeyedLocks,
     metrics: Metrics,
     *,
@@ -31,11 +37,11 @@ async def sweep_once(
 ) -> list[str]:
     """Delete every partial upload idle longer than `ttl`; returns their ids."""
     removed = []
-    for upload_id, modified in store.partials():
+    for upload_id, modified in await store.partials():
         if now() - modified <= ttl:
             continue
         async with locks.hold(upload_id):
-            modified_now = store.modified(upload_id)
+            modified_now = await store.modified(upload_id)
             if modified_now is None or now() - modified_now <= ttl:
                 continue  # completed, deleted or written to meanwhile
             info = await store.get(upload_id)
@@ -49,7 +55,7 @@ async def sweep_once(
 
 
 async def sweep_forever(
-    store: UploadStore,
+    store: SweptStore,
     locks: KeyedLocks,
     metrics: Metrics,
     *,

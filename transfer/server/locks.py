@@ -1,5 +1,8 @@
 """Per-key asyncio locks that disappear when nobody holds or waits for them.
 
+Owned by `admission.Admission` (handlers ask it for `upload(id)`); the expiry sweep is
+handed the same instance.
+
 Invariant: at most one holder per key at a time; the table holds only keys in use, so a
 server that saw a million upload ids keeps no million locks.
 """

@@ -1,7 +1,12 @@
-"""Cross-cutting HTTP concerns of the server: problem+json rendering, request timing,
-and aiohttp's access log as one structured line per request.
+"""Cross-cutting HTTP concerns of the server: the request's log context, problem+json
+rendering, request timing, and aiohttp's access log as one structured line per request.
 
 Invariants:
+- Every request gets a fresh `request_id`, bound in structlog's context for everything
+  logged while it is handled and answered as `X-Request-Id`; a handler binds the
+  `upload_id` once it knows it (`bind_upload_id`). Both are unbound when the request
+  ends. aiohttp runs each request in its own task (a copy of the connection's context),
+  so concurrent requests never see each other's bindings either.
 - Every refusal leaves as `application/problem+json` with a stable `code`: our
   `ProtocolError`s, aiohttp's own HTTP errors (404 for unknown routes, 405 with `Allow`,
   413 for an oversized JSON body) and, as a last resort, bugs (500 `internal_error`,
@@ -12,6 +17,7 @@ Invariants:
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 
@@ -28,7 +34,10 @@ log = structlog.get_logger("transfer.server")
 
 PROBLEM = "application/problem+json"
 UPLOAD_ID = web.RequestKey("upload_id", str)
+REQUEST_ID = web.RequestKey("request_id", str)
 BYTES = web.RequestKey("bytes", int)
+REQUEST_ID_HEADER = "X-Request-Id"
+_CONTEXT_KEYS = ("request_id", "upload_id")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # Methods timed under their own name; any other is "other". aiohttp's pure-Python parser
 # accepts any token as a method, so a label taken from the request would let a client add
@@ -56,6 +65,36 @@ def problem_response(exc: ProtocolError) -> web.Response:
         # RFC 9110 15.5.9: a 408 closes the connection. Kept alive, a client would send its
         # next request down the same stalled path, behind the unread rest of the body.
         response.force_close()
+    return response
+
+
+def new_request_id() -> str:
+    """Short (16 hex digits), random: unique enough to find one request in the logs."""
+    return secrets.token_hex(8)
+
+
+def bind_upload_id(request: web.Request, upload_id: str) -> str:
+    """Name the request's upload: in the access line and in every event logged after."""
+    request[UPLOAD_ID] = upload_id
+    structlog.contextvars.bind_contextvars(upload_id=upload_id)
+    return upload_id
+
+
+@web.middleware
+async def context_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Bind `request_id` (and, via the handler, `upload_id`) for the request's logs;
+    answer it as `X-Request-Id`. Outermost, so even a crash's log line carries it."""
+    request_id = request[REQUEST_ID] = new_request_id()
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:  # a non-error one (a redirect) re-raised as is
+        exc.headers[REQUEST_ID_HEADER] = request_id
+        raise
+    finally:
+        structlog.contextvars.unbind_contextvars(*_CONTEXT_KEYS)
+    if not response.prepared:  # a streamed answer's headers are already sent
+        response.headers[REQUEST_ID_HEADER] = request_id
     return response
 
 
@@ -119,6 +158,7 @@ class AccessLogger(AbstractAccessLogger):
             path=request.path,
             status=response.status,
             upload_id=request.get(UPLOAD_ID),
+            request_id=request.get(REQUEST_ID),
             bytes=request.get(BYTES, 0),
             duration_ms=round(time * 1000, 3),
         )

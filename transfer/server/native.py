@@ -1,12 +1,13 @@
-"""`POST /uploads` and `PUT /uploads/{id}`: creating uploads and receiving chunks.
+"""`POST /uploads` and `PUT /uploads/{id}`: the native (GCS-style) front-end.
 
 Invariants:
-- Every request on one upload id runs under that id's lock, so two PUTs never
-  interleave bytes and the cached state is never read half-updated.
+- Every request on one upload id runs under that id's lock (`Admission.upload`), so two
+  PUTs never interleave bytes and the cached state is never read half-updated.
 - A 308 or 200 is sent only after the store returned, i.e. after the bytes are fsynced.
 - Errors on `PUT /uploads/{id}` carry the upload's current `Range` once it is known.
-- Space is claimed before a byte is written: the quota and the disk reserve are checked
-  against bytes on disk plus bytes being received.
+- Space is claimed before a byte is written (`Admission.receiving`, `check_new`).
+- What may happen to an upload is `core.lifecycle`'s table: a published upload takes
+  nothing more, a complete one is finalized.
 """
 
 from __future__ import annotations
@@ -14,27 +15,26 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-import time
 from collections.abc import AsyncIterator
 
 import aiohttp
 import structlog
 from aiohttp import web
 
-from transfer.core import integrity, protocol
+from transfer.core import integrity, lifecycle, protocol
 from transfer.core.errors import (
     BadRequest,
     Code,
     DigestMismatch,
-    InsufficientStorage,
     NotFound,
     PayloadTooLarge,
     ProtocolError,
     RequestTimeout,
-    ServiceUnavailable,
 )
 from transfer.core.events import Event
-from transfer.server.middleware import BYTES, UPLOAD_ID
+from transfer.core.lifecycle import Trigger, stage_of
+from transfer.core.records import UploadInfo, UploadSpec
+from transfer.server.middleware import BYTES, bind_upload_id
 from transfer.server.state import STATE, ServerConfig, ServerState
 from transfer.server.views import (
     completed,
@@ -45,7 +45,6 @@ from transfer.server.views import (
     range_headers,
     upload_id_of,
 )
-from transfer.store.filestore import UploadInfo, UploadSpec
 
 log = structlog.get_logger("transfer.server")
 
@@ -56,28 +55,30 @@ async def create_upload(request: web.Request) -> web.Response:
         await _json_body(request), request.headers.get("X-Upload-Content-Length")
     )
     if creation.size is not None and creation.size > state.config.max_upload:
-        raise PayloadTooLarge(
-            Code.UPLOAD_TOO_LARGE, f"uploads are limited to {state.config.max_upload} bytes"
-        )
-    upload_id = creation.upload_id or secrets.token_urlsafe(16)
-    request[UPLOAD_ID] = upload_id
+        raise _too_large(state.config)
+    upload_id = bind_upload_id(request, creation.upload_id or secrets.token_urlsafe(16))
     spec = UploadSpec(
         upload_id, creation.name, creation.size, creation.metadata, _digests(request, "Repr-Digest")
     )
-    async with state.locks.hold(upload_id):
-        existing = await state.store.get(upload_id)
-        existed = existing is not None
-        if existing is None and creation.size is not None:
-            _check_space(state, creation.size)
-        info = await state.store.create(spec)
-        if info.record is None and info.state.complete and info.state.offset > 0:
-            # A crash after the last byte but before publication: finish it now, as a
-            # status query would, or a client resuming at offset == size has nothing to send.
-            info = await _finalize(state, upload_id)
+    async with state.admission.upload(upload_id):
+        existed, info = await _open(state, spec)
     if not existed:
-        log.info(Event.UPLOAD_CREATED, upload_id=upload_id, size=creation.size, name=creation.name)
-    headers = {"Location": location(request, upload_id), **expiry_headers(state, info)}
+        log.info(Event.UPLOAD_CREATED, size=creation.size, name=creation.name)
+    headers = {"Location": location(request, upload_id), **(await expiry_headers(state, info))}
     return web.json_response(describe(info), headers=headers)
+
+
+async def _open(state: ServerState, spec: UploadSpec) -> tuple[bool, UploadInfo]:
+    """Create the upload or re-open it (and whether it existed); under its lock."""
+    existed = await state.store.get(spec.upload_id) is not None
+    if not existed and spec.size is not None:
+        state.admission.check_new(spec.size)
+    info = await state.store.create(spec)
+    if _may_finalize(info) and info.state.offset > 0:
+        # A crash after the last byte but before publication: finish it now, as a status
+        # query would, or a client resuming at offset == size has nothing to send.
+        info = await _finalize(state, spec.upload_id)
+    return existed, info
 
 
 async def _json_body(request: web.Request) -> object:
@@ -113,22 +114,17 @@ def _content_range(request: web.Request) -> protocol.ContentRange:
 
 async def put_chunk(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    upload_id = upload_id_of(request)
+    upload_id = bind_upload_id(request, upload_id_of(request))
     rng = _content_range(request)
     content_digest = _digests(request, "Content-Digest")
     repr_digest = _digests(request, "Repr-Digest")
     _check_limits(state.config, request, rng)
-    async with state.locks.hold(upload_id):
+    async with state.admission.upload(upload_id):
         info = await state.store.get(upload_id)
         if info is None:
-            if isinstance(rng, protocol.TotalOnly) and rng.total is None:
-                # A status query never creates: a client whose POST was lost in a crash
-                # must see 404 and POST again, not resume a bare upload (no name, no
-                # Repr-Digest) that every later POST would refuse as a conflict.
-                raise NotFound(Code.UPLOAD_NOT_FOUND, f"no upload {upload_id}")
             info = await _create_from_put(state, request, upload_id, rng, repr_digest)
-        if info.record is not None:
-            return completed(info)
+        if not lifecycle.allows(stage_of(info), Trigger.WRITE):
+            return completed(info)  # published: it takes nothing more, whatever was sent
         try:
             if repr_digest:
                 info = await state.store.declare(upload_id, size=None, repr_digest=repr_digest)
@@ -137,16 +133,20 @@ async def put_chunk(request: web.Request) -> web.Response:
             current = await state.store.get(upload_id)
             exc.headers.update(range_headers(current.state.offset if current else 0))
             raise
-    return completed(info) if info.record is not None else incomplete(state, info)
+    return completed(info) if info.record is not None else await incomplete(state, info)
+
+
+def _too_large(config: ServerConfig) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        Code.UPLOAD_TOO_LARGE, f"uploads are limited to {config.max_upload} bytes"
+    )
 
 
 def _check_limits(config: ServerConfig, request: web.Request, rng: protocol.ContentRange) -> None:
     # An unknown total must not let an upload grow past the limit chunk by chunk.
     past_limit = isinstance(rng, protocol.ChunkRange) and rng.end >= config.max_upload
     if past_limit or (rng.total is not None and rng.total > config.max_upload):
-        raise PayloadTooLarge(
-            Code.UPLOAD_TOO_LARGE, f"uploads are limited to {config.max_upload} bytes"
-        )
+        raise _too_large(config)
     if isinstance(rng, protocol.TotalOnly):
         if request.content_length not in (None, 0):
             raise BadRequest(
@@ -173,12 +173,16 @@ async def _create_from_put(
 ) -> UploadInfo:
     """The first PUT of an unknown id creates it, with `Upload-Metadata` (name and
     metadata) and `Repr-Digest` if given, so a client needs no POST round trip."""
+    if isinstance(rng, protocol.TotalOnly) and rng.total is None:
+        # A status query never creates: a client whose POST was lost in a crash must see
+        # 404 and POST again, not resume a bare upload (no name, no Repr-Digest) that
+        # every later POST would refuse as a conflict.
+        raise NotFound(Code.UPLOAD_NOT_FOUND, f"no upload {upload_id}")
     name, metadata = protocol.parse_upload_metadata(request.headers.get("Upload-Metadata", ""))
     if rng.total is not None:
-        _check_space(state, rng.total)
-    spec = UploadSpec(upload_id, name, rng.total, metadata, repr_digest)
-    info = await state.store.create(spec)
-    log.info(Event.UPLOAD_CREATED, upload_id=upload_id, size=rng.total, name=name, via="put")
+        state.admission.check_new(rng.total)
+    info = await state.store.create(UploadSpec(upload_id, name, rng.total, metadata, repr_digest))
+    log.info(Event.UPLOAD_CREATED, size=rng.total, name=name, via="put")
     return info
 
 
@@ -195,102 +199,82 @@ async def _apply(
         info = await state.store.declare(upload_id, size=total, repr_digest={})
     else:
         plan = protocol.plan_chunk(info.state, rng)
-        info = await _receive(state, request, upload_id, plan, content_digest)
-    if info.state.complete:
+        info = await _receive(state, request, info, plan, content_digest)
+    if _may_finalize(info):
         info = await _finalize(state, upload_id)
     return info
+
+
+def _may_finalize(info: UploadInfo) -> bool:
+    """All bytes are stored and nothing is published yet."""
+    return lifecycle.allows(stage_of(info), Trigger.FINALIZE)
 
 
 async def _receive(
     state: ServerState,
     request: web.Request,
-    upload_id: str,
+    info: UploadInfo,
     plan: protocol.ChunkPlan,
     content_digest: dict[str, bytes],
 ) -> UploadInfo:
-    if state.active >= state.config.max_active:
-        raise ServiceUnavailable(
-            Code.TOO_MANY_UPLOADS,
-            f"{state.active} uploads are in progress; try again shortly",
-            headers={"Retry-After": str(state.config.retry_after)},
-        )
-    state.active += 1
-    state.metrics.set("transfer_uploads_active", state.active)
-    before = (await state.store.get(upload_id) or _missing(upload_id)).state.offset
-    claimed = 0
+    upload_id = info.spec.upload_id
     try:
-        _check_space(state, plan.write)
-        claimed = plan.write
-        state.claimed += claimed
-        body = _body(request, state.config.idle_timeout, state.config.min_rate)
-        info = await state.store.write_chunk(upload_id, plan, body, content_digest)
+        async with state.admission.receiving(plan.write):
+            body = _body(request, state.config)
+            return await state.store.write_chunk(upload_id, plan, body, content_digest)
     finally:
-        state.claimed -= claimed
-        state.active -= 1
-        state.metrics.set("transfer_uploads_active", state.active)
+        # Counted however the chunk ended: bytes of a broken-off body may be kept.
         after = await state.store.get(upload_id)
-        written = (after.state.offset if after else before) - before
+        written = (after.state.offset if after else info.state.offset) - info.state.offset
         request[BYTES] = written
         state.metrics.inc("transfer_bytes_received_total", written)
-    return info
 
 
-def _missing(upload_id: str) -> UploadInfo:
-    raise NotFound(Code.UPLOAD_NOT_FOUND, f"no upload {upload_id}")
-
-
-def _check_space(state: ServerState, incoming: int) -> None:
-    """507 before a byte is written when the quota or the disk's reserve would be hit."""
-    store, config = state.store, state.config
-    incoming += state.claimed
-    if store.partial_bytes + incoming > config.max_partial:
-        raise InsufficientStorage(
-            Code.PARTIAL_QUOTA_EXCEEDED,
-            f"partial uploads are limited to {config.max_partial} bytes",
-        )
-    if store.free_bytes() - incoming < config.reserve:
-        raise InsufficientStorage(Code.INSUFFICIENT_STORAGE, "not enough disk space")
-
-
-async def _body(request: web.Request, idle: float, min_rate: int) -> AsyncIterator[bytes]:
+async def _body(request: web.Request, config: ServerConfig) -> AsyncIterator[bytes]:
     """The request body. Each read is bounded by the idle timeout, and once that much
     time has passed the body must average `min_rate` bytes/s: a client trickling a byte
     at a time cannot hold an upload slot for ever."""
-    started, received = time.monotonic(), 0
-    while True:
-        try:
-            async with asyncio.timeout(idle):
-                data = await request.content.readany()
-        except TimeoutError as exc:
-            log.warning(Event.UPLOAD_STALLED, upload_id=request.get(UPLOAD_ID), idle=idle)
-            raise RequestTimeout(Code.BODY_STALLED, f"no body bytes for {idle} s") from exc
-        except (ConnectionError, aiohttp.ClientPayloadError) as exc:
-            # The client went away mid-body: nobody hears the answer, but the log should
-            # say what happened, not report a crash.
-            log.info(Event.UPLOAD_DISCONNECTED, upload_id=request.get(UPLOAD_ID), received=received)
-            raise BadRequest(Code.BODY_INCOMPLETE, "the connection closed mid-body") from exc
-        if not data:
-            return
+    idle, min_rate, clock = config.idle_timeout, config.min_rate, config.monotonic
+    started, received = clock(), 0
+    while data := await _read_some(request, idle, received):
         received += len(data)
-        elapsed = time.monotonic() - started
+        elapsed = clock() - started
         if elapsed > idle and received < min_rate * elapsed:
-            log.warning(Event.UPLOAD_TOO_SLOW, upload_id=request.get(UPLOAD_ID), received=received)
+            log.warning(Event.UPLOAD_TOO_SLOW, received=received)
             raise RequestTimeout(Code.BODY_TOO_SLOW, f"the body is slower than {min_rate} B/s")
         yield data
+
+
+async def _read_some(request: web.Request, idle: float, received: int) -> bytes:
+    """The next bytes of the body (b"" at its end), within `idle` seconds."""
+    try:
+        async with asyncio.timeout(idle):
+            return await request.content.readany()
+    except TimeoutError as exc:
+        log.warning(Event.UPLOAD_STALLED, idle=idle)
+        raise RequestTimeout(Code.BODY_STALLED, f"no body bytes for {idle} s") from exc
+    except (ConnectionError, aiohttp.ClientPayloadError) as exc:
+        # The client went away mid-body: nobody hears the answer, but the log should say
+        # what happened, not report a crash.
+        log.info(Event.UPLOAD_DISCONNECTED, received=received)
+        raise BadRequest(Code.BODY_INCOMPLETE, "the connection closed mid-body") from exc
 
 
 async def _finalize(state: ServerState, upload_id: str) -> UploadInfo:
     try:
         info = await state.store.finalize(upload_id)
     except DigestMismatch:
-        log.warning(Event.UPLOAD_RESET, upload_id=upload_id, reason="repr_digest_mismatch")
+        log.warning(Event.UPLOAD_RESET, reason="repr_digest_mismatch")
         raise
+    return _published(state, info)
+
+
+def _published(state: ServerState, info: UploadInfo) -> UploadInfo:
     state.metrics.inc("transfer_uploads_completed_total")
     record = info.record
     assert record is not None  # finalize returns a record or raises
     log.info(
         Event.UPLOAD_COMPLETED,
-        upload_id=upload_id,
         size=record.size,
         digest=integrity.to_hex(record.digests).get(integrity.PREFERRED),
     )

@@ -1,7 +1,8 @@
 """The server's configuration and per-app state, shared by its handlers.
 
 Invariant: one `ServerState` per application, stored under `STATE` (no globals); the
-handlers reach the store, the locks and the metrics only through it.
+handlers reach the store, admission (locks, slots, space) and the metrics only through
+it.
 """
 
 from __future__ import annotations
@@ -13,15 +14,15 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from transfer.common.metrics import Metrics
-from transfer.server.locks import KeyedLocks
-from transfer.store.filestore import UploadStore
+from transfer.server.admission import Admission, Limits
+from transfer.store.base import ServerStore
 
 MiB = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
-    """Limits, each a `transfer serve` flag."""
+    """Limits, each a `transfer serve` flag; and the clocks, injectable for tests."""
 
     max_chunk: int = 64 * MiB
     max_upload: int = 64 * 1024 * MiB
@@ -35,20 +36,22 @@ class ServerConfig:
     token: str | None = None  # bearer token; None: no authentication (loopback use)
     protect_metrics: bool = False
     clock: Callable[[], float] = time.time  # wall clock, for expiry
+    monotonic: Callable[[], float] = time.monotonic  # for a body's average rate
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(self.max_active, self.max_partial, self.reserve, self.retry_after)
 
 
 @dataclass(slots=True)
 class ServerState:
-    store: UploadStore
+    store: ServerStore
     config: ServerConfig
     metrics: Metrics = field(default_factory=Metrics)
-    locks: KeyedLocks = field(default_factory=KeyedLocks)
-    active: int = 0
-    # Bytes of the chunks being received now, counted against the quota and the reserve
-    # until the chunk ends: otherwise concurrent chunks each pass the check against the
-    # same free space (overdrawn by up to max_active * max_chunk). Conservative: bytes of
-    # a chunk already on disk count twice against the reserve until it ends.
-    claimed: int = 0
+    admission: Admission = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.admission = Admission(self.store, self.config.limits, self.metrics)
 
 
 STATE = web.AppKey("state", ServerState)

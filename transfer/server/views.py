@@ -2,6 +2,8 @@
 
 `HEAD/GET/DELETE /uploads/{id}`, `GET /files/{id}`, `/healthz`, `/metrics`; plus how an
 upload is described (JSON, `Range`, `Upload-Expires`, `Repr-Digest`) for every handler.
+Invariant: nothing here touches the file system; everything goes through the store's
+protocols (`transfer.store.base`), so these handlers run on any store.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ from transfer.core.errors import (
     NotFound,
 )
 from transfer.core.events import Event
+from transfer.core.records import UploadInfo
+from transfer.server.download import FileDownload
 from transfer.server.middleware import UPLOAD_ID
 from transfer.server.state import STATE, ServerState
-from transfer.store.filestore import UploadInfo
 
 log = structlog.get_logger("transfer.server")
 
@@ -40,15 +43,15 @@ def range_headers(offset: int) -> dict[str, str]:
     return {"Range": value} if value else {}
 
 
-def incomplete(state: ServerState, info: UploadInfo) -> web.Response:
-    headers = {**range_headers(info.state.offset), **expiry_headers(state, info)}
+async def incomplete(state: ServerState, info: UploadInfo) -> web.Response:
+    headers = {**range_headers(info.state.offset), **(await expiry_headers(state, info))}
     headers["Cache-Control"] = "no-store"
     return web.json_response(describe(info), status=308, headers=headers)
 
 
-def expiry_headers(state: ServerState, info: UploadInfo) -> dict[str, str]:
+async def expiry_headers(state: ServerState, info: UploadInfo) -> dict[str, str]:
     """`Upload-Expires` (an HTTP date) for a partial upload: idle past it, it is removed."""
-    modified = None if info.record else state.store.modified(info.spec.upload_id)
+    modified = None if info.record else await state.store.modified(info.spec.upload_id)
     if modified is None:
         return {}
     return {"Upload-Expires": formatdate(modified + state.config.partial_ttl, usegmt=True)}
@@ -95,7 +98,7 @@ async def head_upload(request: web.Request) -> web.Response:
         headers["Upload-Length"] = str(info.state.total)
     if info.record is not None:
         headers["Repr-Digest"] = integrity.format_digest_field(info.record.digests)
-    headers.update(expiry_headers(request.app[STATE], info))
+    headers.update(await expiry_headers(request.app[STATE], info))
     return web.Response(status=200, headers=headers)
 
 
@@ -109,7 +112,7 @@ async def get_upload(request: web.Request) -> web.Response:
 async def delete_upload(request: web.Request) -> web.Response:
     state = request.app[STATE]
     upload_id = upload_id_of(request)
-    async with state.locks.hold(upload_id):
+    async with state.admission.upload(upload_id):
         info = await known_upload(request)
         if info.record is not None:
             raise Conflict(Code.UPLOAD_COMPLETE, "a completed upload cannot be aborted")
@@ -119,11 +122,12 @@ async def delete_upload(request: web.Request) -> web.Response:
 
 
 async def get_file(request: web.Request) -> web.StreamResponse:
+    """The published file; `FileDownload` answers ranges and conditions, and closes it."""
     upload_id = upload_id_of(request)
-    path = request.app[STATE].store.file_path(upload_id)
-    if not path.is_file():
+    published = await request.app[STATE].store.open_file(upload_id)
+    if published is None:
         raise NotFound(Code.FILE_NOT_FOUND, f"no completed file {upload_id}")
-    return web.FileResponse(path, headers={"Content-Type": "application/octet-stream"})
+    return FileDownload(published)
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -3,13 +3,17 @@
 Invariants:
 - Every body byte feeds the chunk's `Content-Digest` check; only bytes past the stored
   offset are written (an overlap is never written twice) and fed to the whole-file hash.
+  That part is `shared.ChunkIntake`, the same for every store.
 - Writes are blocking `os.write` into the page cache, on the event loop: they are cheap,
   and cheaper than a thread hop per piece. Every fsync runs in a thread.
 - Overlapped writeback: once `FLUSH_EVERY` bytes are written, an `fdatasync` starts in a
   thread while the body keeps arriving, so the fsync before the acknowledgement finds
   little left to flush. At most one runs at a time; all are awaited before the fd closes.
 - After a failure, `settle` either keeps what arrived (fsynced) or cuts the file back to
-  the old offset; it never leaves unsynced bytes counted as stored.
+  the old offset; it never leaves unsynced bytes counted as stored. Its fsync and
+  truncate run in a thread, as does opening the file.
+- The writer decides nothing about the protocol: whether the body fits its range is
+  `protocol.check_body_length`, whether it matches its digest `integrity.verify`.
 """
 
 from __future__ import annotations
@@ -17,58 +21,37 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
-from collections.abc import AsyncIterable, Callable
 from pathlib import Path
 
 from transfer.common.fsutil import write_all
-from transfer.core import integrity
-from transfer.core.errors import BadRequest, Code, InsufficientStorage, StorageFailure
-from transfer.core.integrity import Digests, MultiHasher
+from transfer.core.errors import Code, InsufficientStorage, StorageFailure
+from transfer.core.integrity import Digests
 from transfer.core.protocol import ChunkPlan
+from transfer.store.shared import ChunkIntake
 
 FLUSH_EVERY = 4 * 1024 * 1024
 
 
-class ChunkWriter:
+class ChunkWriter(ChunkIntake):
+    """Writes one chunk to an open `.part` file; build it with `await ChunkWriter.open`."""
+
     def __init__(
-        self, path: Path, offset: int, plan: ChunkPlan, digest: Digests, *, durable: bool
+        self, fd: int, offset: int, plan: ChunkPlan, digest: Digests, *, durable: bool
     ) -> None:
+        super().__init__(plan, digest)
+        self.fd = fd
         self.offset = offset
-        self.plan = plan
-        self.expected = digest
         self.durable = durable
-        self.hasher = MultiHasher(digest)
-        self.received = 0
-        self.written = 0
-        self.body_failed = False
         self._unflushed = 0
         self._flushing: asyncio.Task[None] | None = None
-        self.fd = os.open(path, os.O_WRONLY)
-        os.lseek(self.fd, offset, os.SEEK_SET)
 
-    async def consume(
-        self, body: AsyncIterable[bytes], feed: Callable[[bytes], None] | None
-    ) -> None:
-        """Take the whole body; `feed` gets the bytes that were written."""
-        length = self.plan.skip + self.plan.write
-        chunks = aiter(body)
-        while True:
-            try:
-                data = await anext(chunks)
-            except StopAsyncIteration:
-                return
-            except BaseException:
-                self.body_failed = True
-                raise
-            if self.received + len(data) > length:
-                raise BadRequest(Code.BODY_TOO_LONG, f"body is longer than the range's {length}")
-            self.hasher.update(data)
-            fresh = data[max(0, self.plan.skip - self.received) :]
-            self.received += len(data)
-            if fresh:
-                self._write(fresh)
-                if feed is not None:
-                    feed(fresh)
+    @classmethod
+    async def open(
+        cls, path: Path, offset: int, plan: ChunkPlan, digest: Digests, *, durable: bool
+    ) -> ChunkWriter:
+        """A writer for `path`, positioned at `offset` (opened in a thread)."""
+        fd = await asyncio.to_thread(_open_at, path, offset)
+        return cls(fd, offset, plan, digest, durable=durable)
 
     def _write(self, data: bytes) -> None:
         try:
@@ -85,13 +68,6 @@ class ChunkWriter:
 
     def _busy(self) -> bool:
         return self._flushing is not None and not self._flushing.done()
-
-    def check(self) -> None:
-        """Raise unless the body had the range's length and its declared digest."""
-        length = self.plan.skip + self.plan.write
-        if self.received != length:
-            raise BadRequest(Code.BODY_TOO_SHORT, f"body has {self.received} of {length} bytes")
-        integrity.verify(self.expected, self.hasher.digests(), what="chunk")
 
     async def sync(self) -> None:
         """Make every written byte durable (no-op when not durable)."""
@@ -121,11 +97,11 @@ class ChunkWriter:
             keep = False
         if keep and self.written:
             try:
-                self._fsync()
+                await asyncio.to_thread(self._fsync)
                 return self.offset + self.written
             except StorageFailure:
                 pass  # an unsynced tail cannot be trusted: cut it off below
-        os.ftruncate(self.fd, self.offset)
+        await asyncio.to_thread(os.ftruncate, self.fd, self.offset)
         self.written = 0
         return self.offset
 
@@ -136,3 +112,13 @@ class ChunkWriter:
             pass  # already reported by sync() or settle(); the fd must still close
         finally:
             os.close(self.fd)
+
+
+def _open_at(path: Path, offset: int) -> int:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.lseek(fd, offset, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
