@@ -14,6 +14,7 @@ from aiohttp import web
 from transfer.server.app import make_app
 from transfer.server.connlimit import LimitedTCPSite
 from transfer.store.filestore import FileStore
+from transfer.testing.polling import wait_until_async
 
 DEADLINE = 5.0
 
@@ -44,11 +45,13 @@ async def _get(port: int, path: str = "/healthz") -> tuple[int, bytes]:
 async def _until_status(port: int, wanted: int) -> None:
     """Poll /healthz until it answers `wanted` (the server sees new connections a moment
     after the client does); bounded by DEADLINE."""
-    for _ in range(int(DEADLINE / 0.01)):
-        if (await _get(port))[0] == wanted:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"/healthz never answered {wanted}")
+
+    async def answers() -> bool:
+        return (await _get(port))[0] == wanted
+
+    await wait_until_async(
+        answers, f"/healthz answering {wanted}", deadline=DEADLINE, interval=0.01
+    )
 
 
 async def test_past_the_cap_a_connection_gets_503_and_closing_one_frees_a_place(

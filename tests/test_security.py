@@ -22,7 +22,6 @@ import ssl
 import time
 import urllib.request
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +38,7 @@ from transfer.sender.journal import FileState
 from transfer.server.app import STATE, ServerConfig, make_app
 from transfer.server.expiry import sweep_once
 from transfer.store.filestore import FileStore
+from transfer.testing.polling import wait_until_async
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -373,13 +373,6 @@ async def _trickle(port: int, upload_id: str) -> Answer:
         writer.close()
 
 
-async def _poll(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.005)
-
-
 async def _put_until_accepted(client: Client, upload_id: str, data: bytes) -> list[int]:
     """PUT the whole file, again while the server answers 503; every status seen."""
     statuses: list[int] = []
@@ -420,8 +413,16 @@ async def test_a_slow_body_attack_does_not_stop_a_normal_upload(make_served: Mak
 
     attack = [asyncio.create_task(_trickle(served.port, f"slow{i}")) for i in range(ATTACKERS)]
     try:
-        await _poll(lambda: admission.active == ATTACKERS, "the attackers to hold every slot")
-        await _poll(lambda: len(clock.readers) == ATTACKERS, "every attack body to be timed")
+        await wait_until_async(
+            lambda: admission.active == ATTACKERS,
+            "the attackers to hold every slot",
+            deadline=DEADLINE,
+        )
+        await wait_until_async(
+            lambda: len(clock.readers) == ATTACKERS,
+            "every attack body to be timed",
+            deadline=DEADLINE,
+        )
         refused = await served.client.put(
             "/uploads/normal", data=data, headers={"Content-Range": content_range(0, data, None)}
         )
@@ -598,9 +599,13 @@ async def _race_two_chunks(client: Client, port: int) -> list[tuple[int, str | N
     second is checked against the limits."""
     admission = client.app[STATE].admission
     first = await _start_chunk(port, "p1", b"1" * 600)
-    await _poll(lambda: admission.active == 1, "the first chunk to be receiving")
+    await wait_until_async(
+        lambda: admission.active == 1, "the first chunk to be receiving", deadline=DEADLINE
+    )
     second = await _start_chunk(port, "p2", b"2" * 600)
-    await _poll(lambda: admission.active == 2 or second.answer.done(), "the second chunk")
+    await wait_until_async(
+        lambda: admission.active == 2 or second.answer.done(), "the second chunk", deadline=DEADLINE
+    )
     answers = [await first.finish(), await second.finish()]
     return [(a.status, a.code) for a in answers]
 

@@ -15,7 +15,7 @@ import hashlib
 import json
 import random
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +24,8 @@ import xxhash
 from aiohttp import ClientResponse
 from conftest import HOST, MakeServed, Served, chunks_of, content_range, digest_field, raw_digest
 from yarl import URL
+
+from transfer.testing.polling import wait_until_async
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -102,15 +104,6 @@ async def assert_healthy(served: Served) -> None:
     resp = await served.client.get("/healthz")
     assert resp.status == 200
     assert await resp.json() == {"status": "ok"}
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], within: float = DEADLINE) -> None:
-    """Poll `check` until it holds; fail after `within` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not await check():
-        assert loop.time() < deadline, "condition not reached before the deadline"
-        await asyncio.sleep(0.01)
 
 
 def part_bytes(served: Served, upload_id: str) -> bytes:
@@ -608,7 +601,7 @@ async def test_too_many_active_uploads_is_503_with_retry_after(make_served: Make
         async def receiving() -> bool:
             return await metric(served, "transfer_uploads_active") == 1
 
-        await eventually(receiving)
+        await wait_until_async(receiving, "an upload receiving", deadline=DEADLINE)
         resp = await put_chunk(served, "b", b"0123456789", 0, 10)
         await expect_problem(resp, 503, "too_many_uploads")
         assert resp.headers["Retry-After"] == "1"
@@ -967,7 +960,7 @@ async def test_client_disconnect_mid_body_keeps_the_bytes_received(
     async def receiving() -> bool:
         return await metric(served, "transfer_uploads_active") == 1
 
-    await eventually(receiving)
+    await wait_until_async(receiving, "an upload receiving", deadline=DEADLINE)
     writer.close()
     await writer.wait_closed()
 
@@ -975,7 +968,7 @@ async def test_client_disconnect_mid_body_keeps_the_bytes_received(
         idle = await metric(served, "transfer_uploads_active") == 0
         return idle and await offset_of(served, "up1") == 400
 
-    await eventually(settled)
+    await wait_until_async(settled, "the upload settled", deadline=DEADLINE)
     assert part_bytes(served, "up1") == data[:400]
     assert served.published() == []
     done = await put_chunk(served, "up1", data[400:], 400, 1000)

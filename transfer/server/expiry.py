@@ -17,6 +17,7 @@ import structlog
 
 from transfer.common.metrics import Metrics
 from transfer.core.events import Event
+from transfer.core.lifecycle import Trigger, allows, stage_of
 from transfer.server.locks import KeyedLocks
 from transfer.store.base import ExpiringStore, UploadStore
 
@@ -45,7 +46,7 @@ async def sweep_once(
             if modified_now is None or now() - modified_now <= ttl:
                 continue  # completed, deleted or written to meanwhile
             info = await store.get(upload_id)
-            if info is None or info.record is not None:
+            if info is None or not allows(stage_of(info), Trigger.EXPIRE):
                 continue
             await store.delete(upload_id)
         removed.append(upload_id)

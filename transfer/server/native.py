@@ -114,7 +114,7 @@ def _content_range(request: web.Request) -> protocol.ContentRange:
 
 async def put_chunk(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    upload_id = bind_upload_id(request, upload_id_of(request))
+    upload_id = upload_id_of(request)
     rng = _content_range(request)
     content_digest = _digests(request, "Content-Digest")
     repr_digest = _digests(request, "Repr-Digest")

@@ -20,18 +20,18 @@ from transfer.core.errors import (
     NotFound,
 )
 from transfer.core.events import Event
+from transfer.core.lifecycle import Trigger, allows, stage_of
 from transfer.core.records import UploadInfo
 from transfer.server.download import FileDownload
-from transfer.server.middleware import UPLOAD_ID
+from transfer.server.middleware import bind_upload_id
 from transfer.server.state import STATE, ServerState
 
 log = structlog.get_logger("transfer.server")
 
 
 def upload_id_of(request: web.Request) -> str:
-    upload_id = protocol.validate_id(request.match_info["upload_id"])
-    request[UPLOAD_ID] = upload_id
-    return upload_id
+    """The route's upload id, validated and bound to the request's log context."""
+    return bind_upload_id(request, protocol.validate_id(request.match_info["upload_id"]))
 
 
 def location(request: web.Request, upload_id: str) -> str:
@@ -114,10 +114,10 @@ async def delete_upload(request: web.Request) -> web.Response:
     upload_id = upload_id_of(request)
     async with state.admission.upload(upload_id):
         info = await known_upload(request)
-        if info.record is not None:
+        if not allows(stage_of(info), Trigger.DELETE):
             raise Conflict(Code.UPLOAD_COMPLETE, "a completed upload cannot be aborted")
         await state.store.delete(upload_id)
-    log.info(Event.UPLOAD_DELETED, upload_id=upload_id, offset=info.state.offset)
+    log.info(Event.UPLOAD_DELETED, offset=info.state.offset)
     return web.Response(status=204)
 
 

@@ -16,7 +16,7 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar, cast
+from typing import Any, TypeVar, overload
 
 T = TypeVar("T")
 INTERVAL = 0.005  # seconds between two looks
@@ -68,13 +68,29 @@ def wait_until(
     raise NotReached(f"timed out after {deadline} s waiting for {what}\n{context()}")
 
 
+@overload
 async def wait_until_async(
-    probe: Callable[[], T | Awaitable[T | None] | None],
+    probe: Callable[[], Awaitable[T]],
     what: str,
     *,
     deadline: float = DEADLINE,
     interval: float = INTERVAL,
-) -> T:
+) -> T: ...
+@overload
+async def wait_until_async(
+    probe: Callable[[], T],
+    what: str,
+    *,
+    deadline: float = DEADLINE,
+    interval: float = INTERVAL,
+) -> T: ...
+async def wait_until_async(
+    probe: Callable[[], Any],
+    what: str,
+    *,
+    deadline: float = DEADLINE,
+    interval: float = INTERVAL,
+) -> Any:
     """`wait_until` on the running event loop; `probe` may be a plain or async function."""
     end = time.monotonic() + deadline
     while True:
@@ -86,8 +102,8 @@ async def wait_until_async(
         await asyncio.sleep(interval)
 
 
-async def _look(probe: Callable[[], T | Awaitable[T | None] | None]) -> T | None:
+async def _look(probe: Callable[[], Any]) -> Any:
     found = probe()
     if inspect.isawaitable(found):
-        return cast("T | None", await found)
+        return await found
     return found
