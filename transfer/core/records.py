@@ -8,7 +8,7 @@ helpers read and write `DATA_DIR/uploads/{id}.json`. Pure: no I/O here.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from transfer.core import integrity
@@ -17,7 +17,7 @@ from transfer.core.errors import (
     Conflict,
 )
 from transfer.core.integrity import Digests
-from transfer.core.protocol import UploadState
+from transfer.core.protocol import UploadState, check_total
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +61,21 @@ class UploadInfo:
     spec: UploadSpec
     state: UploadState
     record: FileRecord | None = None
+
+
+def declared(info: UploadInfo, size: int | None, repr_digest: Digests) -> UploadInfo | None:
+    """`info` after a total or a whole-file digest learned late; None when nothing changes.
+
+    Raises:
+        Conflict: `total_mismatch` from `check_total`, before anything is saved.
+    """
+    spec = info.spec
+    new_size = check_total(info.state, size)
+    new_digest = dict(repr_digest) if repr_digest else dict(spec.repr_digest)
+    if new_size == spec.size and new_digest == dict(spec.repr_digest):
+        return None
+    spec = replace(spec, size=new_size, repr_digest=new_digest)
+    return replace(info, spec=spec, state=UploadState(info.state.offset, new_size))
 
 
 def check_same(existing: UploadSpec, wanted: UploadSpec) -> None:

@@ -26,8 +26,8 @@ from typing import Any
 from transfer.core import integrity
 from transfer.core.errors import DigestMismatch
 from transfer.core.integrity import Digests
-from transfer.core.protocol import ChunkPlan, UploadState, check_total
-from transfer.core.records import FileRecord, UploadInfo, UploadSpec, check_same
+from transfer.core.protocol import ChunkPlan, UploadState
+from transfer.core.records import FileRecord, UploadInfo, UploadSpec, check_same, declared
 from transfer.store.base import PublishedFile
 from transfer.store.chunkwriter import ChunkWriter
 from transfer.store.layout import DiskLayout
@@ -108,15 +108,12 @@ class FileStore:
         """Record a total or a whole-file digest learned after creation."""
         self._writing.check(upload_id)
         info = await self._require(upload_id)
-        spec = info.spec
-        new_size = check_total(info.state, size)  # Conflict before anything is saved
-        new_digest = dict(repr_digest) if repr_digest else dict(spec.repr_digest)
-        if new_size == spec.size and new_digest == dict(spec.repr_digest):
+        new = declared(info, size, repr_digest)
+        if new is None:
             return info
-        spec = replace(spec, size=new_size, repr_digest=new_digest)
         if info.record is None:
-            await asyncio.to_thread(self._disk.save_spec, spec)
-        info = replace(info, spec=spec, state=UploadState(info.state.offset, new_size))
+            await asyncio.to_thread(self._disk.save_spec, new.spec)
+        info = new
         self._remember(info)
         return info
 

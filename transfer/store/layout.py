@@ -22,8 +22,7 @@ import json
 import os
 import stat
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from transfer.common.fsutil import feed_file, fsync_dir, remove_tmp_files, write_atomic
 from transfer.core import integrity
@@ -37,6 +36,7 @@ from transfer.core.records import (
     spec_from_json,
     spec_to_json,
 )
+from transfer.store.shared import ClosingReader
 
 
 class DiskLayout:
@@ -185,7 +185,7 @@ class DiskLayout:
         return DiskFile(fd, info.st_size, info.st_mtime_ns)
 
 
-class DiskFile:
+class DiskFile(ClosingReader):
     """A `PublishedFile` on disk: an open descriptor; reads and close run in a thread."""
 
     def __init__(self, fd: int, size: int, modified_ns: int) -> None:
@@ -201,14 +201,3 @@ class DiskFile:
         fd, self._fd = self._fd, None
         if fd is not None:
             await asyncio.to_thread(os.close, fd)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()

@@ -20,16 +20,20 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterable, Callable
 from dataclasses import dataclass, field, replace
-from types import TracebackType
-from typing import Self
 
 from transfer.core import integrity
 from transfer.core.errors import DigestMismatch
 from transfer.core.integrity import Digests, MultiHasher
-from transfer.core.protocol import ChunkPlan, UploadState, check_total
-from transfer.core.records import FileRecord, UploadInfo, UploadSpec, check_same
+from transfer.core.protocol import ChunkPlan, UploadState
+from transfer.core.records import FileRecord, UploadInfo, UploadSpec, check_same, declared
 from transfer.store.base import PublishedFile
-from transfer.store.shared import ChunkIntake, InFlight, RunningHash, whole_algorithms
+from transfer.store.shared import (
+    ChunkIntake,
+    ClosingReader,
+    InFlight,
+    RunningHash,
+    whole_algorithms,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +77,7 @@ class _MemoryChunk(ChunkIntake):
             self.written = 0
 
 
-class MemoryFile:
+class MemoryFile(ClosingReader):
     """A `PublishedFile` over bytes in memory."""
 
     def __init__(self, stored: StoredFile) -> None:
@@ -86,17 +90,6 @@ class MemoryFile:
 
     async def close(self) -> None:
         pass
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
 
 class MemoryStore:
@@ -158,14 +151,11 @@ class MemoryStore:
     ) -> UploadInfo:
         self._writing.check(upload_id)
         info = await self._require(upload_id)
-        spec = info.spec
-        new_size = check_total(info.state, size)  # Conflict before anything is saved
-        new_digest = dict(repr_digest) if repr_digest else dict(spec.repr_digest)
-        if new_size == spec.size and new_digest == dict(spec.repr_digest):
+        new = declared(info, size, repr_digest)
+        if new is None:
             return info
-        spec = replace(spec, size=new_size, repr_digest=new_digest)
-        self.backing.specs[upload_id] = spec
-        return replace(info, spec=spec, state=UploadState(info.state.offset, new_size))
+        self.backing.specs[upload_id] = new.spec
+        return new
 
     async def _require(self, upload_id: str) -> UploadInfo:
         info = await self.get(upload_id)

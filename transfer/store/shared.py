@@ -11,6 +11,8 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, Callable
+from types import TracebackType
+from typing import Self
 
 from transfer.core import integrity
 from transfer.core.errors import Code, Conflict
@@ -116,3 +118,22 @@ class InFlight:
 
     def end(self, upload_id: str) -> None:
         self._ids.discard(upload_id)
+
+
+class ClosingReader:
+    """`async with` for a published-file reader: the reader is closed however the block
+    ends. Subclasses implement `close`."""
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
