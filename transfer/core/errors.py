@@ -10,7 +10,6 @@
     │   ├── RequestTimeout (408)       a request body stalled longer than the idle timeout
     │   ├── PayloadTooLarge (413)
     │   ├── RangeNotSatisfiable (416)
-    │   ├── UnsupportedMediaType (415)
     │   ├── StorageFailure (500)       the disk failed (EIO); nothing was acknowledged
     │   ├── ServiceUnavailable (503)   too many uploads at once (carries Retry-After)
     │   └── InsufficientStorage (507)  the disk is full; nothing was acknowledged
@@ -22,8 +21,9 @@
     ├── IllegalTransition              a lifecycle table has no move for (state, event): a bug
     └── ConfigError                    a bad flag or setting; the CLI prints it and exits 2
 
-Invariants: a `ProtocolError`'s `code` is stable (clients and tests match on it) and
-its `status` is the HTTP status the server answers with. Codes are snake_case.
+Invariants: a `ProtocolError`'s `code` is a `Code` member, stable (clients and tests
+match on it), snake_case, and its `status` and `title` are the code's, wherever it is
+raised. The subclasses are the kinds callers catch; `Code` is the one registry.
 """
 
 from __future__ import annotations
@@ -80,11 +80,10 @@ class Code(enum.StrEnum):
     TOTAL_MISMATCH = "total_mismatch", 409, "Conflict"
     UPLOAD_CONFLICT = "upload_conflict", 409, "Conflict"
     UPLOAD_COMPLETE = "upload_complete", 409, "Conflict"
-    # 413, 415, 416
+    # 413, 416
     CHUNK_TOO_LARGE = "chunk_too_large", 413, "Payload Too Large"
     UPLOAD_TOO_LARGE = "upload_too_large", 413, "Payload Too Large"
     REQUEST_ENTITY_TOO_LARGE = "request_entity_too_large", 413, "Request Entity Too Large"
-    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type", 415, "Unsupported Media Type"
     RANGE_PAST_TOTAL = "range_past_total", 416, "Range Not Satisfiable"
     # 5xx: the server could not, this time
     STORAGE_ERROR = "storage_error", 500, "Storage Failure"
@@ -164,10 +163,6 @@ class PayloadTooLarge(ProtocolError):
 
 class RangeNotSatisfiable(ProtocolError):
     """A range past a known total (416)."""
-
-
-class UnsupportedMediaType(ProtocolError):
-    """A body of a type the endpoint does not take (415)."""
 
 
 class StorageFailure(ProtocolError):

@@ -25,22 +25,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Protocol
 
 from transfer.common.metrics import Metrics
 from transfer.core.errors import Code, InsufficientStorage, ServiceUnavailable
 from transfer.server.locks import KeyedLocks
+from transfer.store.base import QuotaStore
 
 ACTIVE_GAUGE = "transfer_uploads_active"
-
-
-class QuotaStore(Protocol):
-    """What admission reads of a store: the space partial uploads hold, and the disk's."""
-
-    @property
-    def partial_bytes(self) -> int: ...
-
-    def free_bytes(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
