@@ -40,6 +40,7 @@ from support import (
     wait_until,
 )
 
+from transfer.core.events import Event
 from transfer.sender.journal import LOG_NAME, FileJournal, scan_frames
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(90)]
@@ -205,7 +206,7 @@ def test_the_sender_backs_off_on_a_full_disk_and_finishes_when_space_returns(
         sender = launch.send(server.url, spool, *args)
 
         def refused(events: list[dict[str, Any]]) -> bool:
-            return any("507" in str(e.get("error")) for e in named(events, "upload.retry"))
+            return any("507" in str(e.get("error")) for e in named(events, Event.UPLOAD_RETRY))
 
         sender.wait_for(refused, "a 507 retried by the sender")
         assert len(list((small_disk / "data" / "files").iterdir())) < 4
@@ -360,7 +361,7 @@ def test_a_journal_cut_back_by_power_loss_recovers_and_finishes_exactly(
         (e.file_id, e.digest) for e in before
     )
     server.stop()
-    wait_until(lambda: named(server.events(), "server.stopped"), "the server's last line")
+    wait_until(lambda: named(server.events(), Event.SERVER_STOPPED), "the server's last line")
     done = completions(server.events())
     assert sorted(done) == sorted(e.file_id for e in before)
     assert set(done.values()) == {1}, done  # nothing uploaded and published twice

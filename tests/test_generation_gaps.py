@@ -9,6 +9,7 @@ from pathlib import Path
 import xxhash
 from support import Launcher, assert_delivered, named, read_journal
 
+from transfer.core.events import Event
 from transfer.core.filestate import FileState
 from transfer.sender.generator import GeneratorConfig, content_for, spec_for
 from transfer.sender.journal import FileJournal, JournalEntry
@@ -50,7 +51,7 @@ def test_a_restart_fills_the_gaps_a_crash_left(tmp_path: Path) -> None:
             "--max-interval", "0",
         )  # fmt: skip
         assert sender.finish() == 0, sender.report()
-        generated = sorted(e["index"] for e in named(sender.log.events(), "file.generated"))
+        generated = sorted(e["index"] for e in named(sender.log.events(), Event.FILE_GENERATED))
 
     assert generated == [1, 3, 4]
     entries = assert_delivered(spool, tmp_path / "data", 5)

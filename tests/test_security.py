@@ -34,6 +34,7 @@ from pytest_aiohttp import AiohttpClient
 from support import Launcher, LogFile, assert_delivered, read_journal, run_transfer
 
 from transfer.common.tls import server_context
+from transfer.core.events import Event
 from transfer.sender.journal import FileState
 from transfer.server.app import STATE, ServerConfig, make_app
 from transfer.server.expiry import sweep_once
@@ -130,7 +131,7 @@ def test_tls_with_a_token_end_to_end_and_refusals(tmp_path: Path, pki: Pki) -> N
         server.proc.terminate()
         server.proc.wait(10)
 
-    assert LogFile(server.log.path).named("server.stopped")
+    assert LogFile(server.log.path).named(Event.SERVER_STOPPED)
     logs = [p for p in tmp_path.iterdir() if p.suffix in (".log", ".err", ".out")]
     assert len(logs) >= 8  # a log, stdout and stderr per child
     for path in logs:

@@ -30,6 +30,7 @@ from support import (
 )
 
 from transfer.common.http import new_session
+from transfer.core.events import Event
 from transfer.core.filestate import FileState
 from transfer.sender.client import UploadClient
 from transfer.sender.generator import GeneratorConfig, content_for, spec_for
@@ -77,7 +78,7 @@ class Run:
         return named(self.events, event)
 
     def summary(self) -> dict[str, Any]:
-        [summary] = self.named("send.summary")
+        [summary] = self.named(Event.SEND_SUMMARY)
         return summary
 
 
@@ -127,9 +128,9 @@ def test_generated_files_are_confirmed_and_identical_on_the_server(
     assert sorted(index_of(e) for e in entries) == list(range(12))
     check_generated(entries, 7, SMALL_CONFIG)
     assert all(KiB <= e.size <= 64 * KiB and e.size % 2 == 0 for e in entries)
-    assert len(run.named("file.generated")) == 12
-    assert len(run.named("upload.confirmed")) == 12
-    assert run.named("sender.started")[0]["status_url"].startswith("http://127.0.0.1:")
+    assert len(run.named(Event.FILE_GENERATED)) == 12
+    assert len(run.named(Event.UPLOAD_CONFIRMED)) == 12
+    assert run.named(Event.SENDER_STARTED)[0]["status_url"].startswith("http://127.0.0.1:")
     assert metric(server.url, COMPLETED) == 12
     assert completions(server.events()) == {e.file_id: 1 for e in entries}
 
@@ -154,17 +155,17 @@ def test_rerunning_a_finished_spool_uploads_nothing(
 ) -> None:
     spool = tmp_path / "spool"
     assert send(server.url, spool, "--count", "4", "--seed", "3", *SMALL).code == 0
-    created = len(named(server.events(), "upload.created"))
+    created = len(named(server.events(), Event.UPLOAD_CREATED))
     assert metric(server.url, COMPLETED) == 4
 
     again = send(server.url, spool, "--count", "4", "--seed", "3", *SMALL)
     assert again.code == 0, again.stderr
     assert again.stdout.startswith("4/4 files confirmed, 0 failed; 0 B sent")
-    assert again.named("file.generated") == []
-    assert again.named("file.requeued") == []
+    assert again.named(Event.FILE_GENERATED) == []
+    assert again.named(Event.FILE_REQUEUED) == []
     assert again.summary()["bytes_sent"] == 0
     assert metric(server.url, COMPLETED) == 4
-    assert len(named(server.events(), "upload.created")) == created
+    assert len(named(server.events(), Event.UPLOAD_CREATED)) == created
     assert_delivered(spool, server.data_dir, 4)
 
 
@@ -176,7 +177,7 @@ def test_raising_count_generates_only_the_missing_files(
     more = send(server.url, spool, "--count", "7", "--seed", "5", *SMALL)
     assert more.code == 0, more.stderr
     # Spool writes overlap, so a burst may journal out of index order: compare sorted.
-    assert sorted(e["index"] for e in more.named("file.generated")) == [3, 4, 5, 6]
+    assert sorted(e["index"] for e in more.named(Event.FILE_GENERATED)) == [3, 4, 5, 6]
     entries = assert_delivered(spool, server.data_dir, 7)
     assert sorted(index_of(e) for e in entries) == list(range(7))
     check_generated(entries, 5, SMALL_CONFIG)
@@ -219,7 +220,7 @@ def test_path_mode_sends_a_directory_tree_and_a_single_file(
     spool = tmp_path / "spool"
     run = send(server.url, spool, str(tmp_path / "tree"), str(single))
     assert run.code == 0, run.stderr
-    assert run.named("file.generated") == []
+    assert run.named(Event.FILE_GENERATED) == []
     entries = assert_delivered(spool, server.data_dir, 5)
     expected = {**tree, "single.dat": single.read_bytes()}
     assert {e.name: Path(e.path).read_bytes() for e in entries} == expected
@@ -333,7 +334,7 @@ def test_injected_corruption_is_refused_by_the_server_and_resent(
     refused = metric(server.url, "transfer_digest_mismatches_total", {"kind": "chunk"})
     assert refused > 0
     assert run.summary()["retries"] >= refused
-    assert any("chunk_digest_mismatch" in e["error"] for e in run.named("upload.retry"))
+    assert any("chunk_digest_mismatch" in e["error"] for e in run.named(Event.UPLOAD_RETRY))
     assert completions(server.events()) == {e.file_id: 1 for e in entries}
 
 
@@ -354,7 +355,7 @@ def test_a_server_limit_fails_files_with_the_servers_code(
             assert entry.reason is not None and entry.reason.startswith("413 upload_too_large")
         else:
             assert entry.state is FileState.CONFIRMED
-    failed = run.named("upload.failed")
+    failed = run.named(Event.UPLOAD_FAILED)
     assert {e["file_id"] for e in failed} == too_big
     assert all("upload_too_large" in e["reason"] for e in failed)
     assert run.stdout.startswith(f"{8 - len(too_big)}/8 files confirmed, {len(too_big)} failed;")
@@ -376,7 +377,7 @@ def test_a_spool_given_relative_resumes_from_another_working_directory(
     assert failed.code == 1
     assert all(Path(e.path).is_absolute() for e in read_journal(first_cwd / "spool"))
     again = send(server.url, first_cwd / "spool", *args, cwd=second_cwd)
-    assert again.code == 0, again.named("upload.failed")
+    assert again.code == 0, again.named(Event.UPLOAD_FAILED)
     assert_delivered(first_cwd / "spool", server.data_dir, 2)
 
 

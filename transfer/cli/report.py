@@ -101,14 +101,14 @@ def summarise(lines: Iterable[dict[str, Any] | None]) -> Report:
         if event in _COUNTERS:
             name = _COUNTERS[event]
             setattr(report, name, getattr(report, name) + 1)
-        elif event == "chunk.sent":
+        elif event == Event.CHUNK_SENT:
             report.bytes_sent += int(doc.get("bytes", 0))
-        elif event == "upload.confirmed":
+        elif event == Event.UPLOAD_CONFIRMED:
             confirmed[str(doc.get("file_id"))] += 1
             sizes[str(doc.get("file_id"))] = int(doc.get("size", 0))
-        elif event == "upload.completed":
+        elif event == Event.UPLOAD_COMPLETED:
             completed[str(doc.get("upload_id"))] += 1
-        elif event == "upload.failed":
+        elif event == Event.UPLOAD_FAILED:
             report.failures[str(doc.get("file_id"))] = str(doc.get("reason"))
     report.confirmed = len(confirmed)
     report.confirmed_twice = sum(1 for n in confirmed.values() if n > 1)
