@@ -85,7 +85,7 @@ def proxy_stat(report: ChaosReport, name: str) -> int:
 @pytest.mark.timeout(300)
 def test_kill_cycles_on_both_sides(tmp_path: Path) -> None:
     config = ChaosConfig(
-        tmp_path / "run", seed=7, cycles=24, count=48, max_interval="300ms", max_size="512KiB"
+        tmp_path / "run", seed=7, cycles=24, count=64, max_interval="300ms", max_size="512KiB"
     )
     report = run_chaos(config)
 
@@ -101,7 +101,7 @@ def test_kills_and_random_network_faults_together(tmp_path: Path) -> None:
     # Connections are short when processes keep dying: plan faults early in them.
     plan = random_plan(11, rate=0.25, max_offset=200_000, kinds=("cut", "reset"))
     config = ChaosConfig(
-        tmp_path / "run", seed=11, cycles=10, count=24, max_interval="300ms", plan=plan
+        tmp_path / "run", seed=11, cycles=10, count=40, max_interval="300ms", plan=plan
     )
     report = run_chaos(config)
 

@@ -1,20 +1,33 @@
-"""The seeded int16 generator: bounds, encoding, reproducibility, pacing. Never sleeps."""
+"""The seeded int16 generator: bounds, encoding, reproducibility, pieces, pacing. Never
+sleeps."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import math
+import random
 import struct
 from array import array
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
+import xxhash
 from hypothesis import given
 from hypothesis import strategies as st
 
 from transfer.core.errors import ConfigError
-from transfer.sender.generator import FileSpec, GeneratorConfig, content_for, generate, spec_for
+from transfer.sender.generator import (
+    PIECE,
+    FileSpec,
+    GeneratorConfig,
+    content_for,
+    content_pieces,
+    generate,
+    spec_for,
+    write_file,
+)
 
 seeds = st.integers(min_value=-(2**63), max_value=2**63)
 indices = st.integers(min_value=0, max_value=10_000)
@@ -55,7 +68,7 @@ class FakeTime:
 
 async def collect(
     config: GeneratorConfig, seed: int, fake: FakeTime, start: int = 0
-) -> list[tuple[FileSpec, bytes]]:
+) -> list[FileSpec]:
     return [
         f async for f in generate(config, seed, start=start, sleep=fake.sleep, clock=fake.clock)
     ]
@@ -159,6 +172,62 @@ def test_restart_at_k_yields_the_same_files_as_a_full_run(
     assert restarted == full[start:]
 
 
+# --- large files, in pieces --------------------------------------------------------
+
+
+def one_call(seed: int, index: int, size: int) -> bytes:
+    """What `content_for` was before the pieces: one `randbytes` for the whole file."""
+    return random.Random(f"{seed}:{index}:content").randbytes(size)
+
+
+@given(seeds, indices, st.integers(min_value=0, max_value=3000).map(lambda n: 2 * n))
+def test_pieces_concatenate_to_the_one_call_bytes(seed: int, index: int, size: int) -> None:
+    # Pieces of 4 and 12 bytes cut the stream at every word boundary a piece can have.
+    for piece in (4, 12, PIECE):
+        joined = b"".join(content_pieces(seed, index, size, piece))
+        assert joined == one_call(seed, index, size)
+
+
+@pytest.mark.parametrize("size", [PIECE - 2, PIECE, PIECE + 2, 3 * PIECE + 6])
+def test_files_around_piece_boundaries_are_the_one_call_bytes(size: int) -> None:
+    assert content_for(11, 2, size) == one_call(11, 2, size)
+    assert [len(p) for p in content_pieces(11, 2, size)][:-1] == [PIECE] * (-(-size // PIECE) - 1)
+
+
+@pytest.mark.parametrize("piece", [0, -4, 2, 6])
+def test_pieces_must_be_whole_words(piece: int) -> None:
+    with pytest.raises(ValueError, match="multiple of 4"):
+        content_pieces(0, 0, 8, piece)
+
+
+@pytest.mark.slow
+def test_a_256_mib_file_is_written_in_pieces(tmp_path: Path) -> None:
+    # One randbytes call cannot make it (OverflowError: its bit count is a C int).
+    size = 256 * 1024 * 1024
+    with pytest.raises(OverflowError):
+        one_call(1, 0, size)
+    path = tmp_path / "big.bin"
+    digest = asyncio.run(write_file(path, 1, 0, size))
+    assert path.stat().st_size == size
+    hasher = xxhash.xxh3_128()
+    with path.open("rb") as stream:
+        while block := stream.read(PIECE):
+            hasher.update(block)
+    assert digest == hasher.hexdigest()
+    assert list(tmp_path.iterdir()) == [path]  # no .tmp left behind
+    # It starts with the one-call bytes of a smaller file of the same index (one whose
+    # size is whole 32-bit words: a file ending in half a word takes the word's top half).
+    with path.open("rb") as stream:
+        assert stream.read(PIECE + 4) == one_call(1, 0, PIECE + 4)
+
+
+def test_write_file_matches_content_for_and_its_digest(tmp_path: Path) -> None:
+    path = tmp_path / "f.bin"
+    digest = asyncio.run(write_file(path, 42, 0, 1024))
+    assert path.read_bytes() == content_for(42, 0, 1024)
+    assert digest == xxhash.xxh3_128_hexdigest(content_for(42, 0, 1024))
+
+
 # --- pacing --------------------------------------------------------------------------
 
 
@@ -166,10 +235,8 @@ async def test_generate_yields_count_minus_start_files_sleeping_each_interval() 
     config = GeneratorConfig(count=10, min_size=2, max_size=4096)
     fake = FakeTime()
     files = await collect(config, 5, fake, start=3)
-    assert [spec.index for spec, _ in files] == list(range(3, 10))
+    assert files == [spec_for(config, 5, i) for i in range(3, 10)]
     assert fake.delays == [spec_for(config, 5, i).interval for i in range(3, 10)]
-    assert all(len(data) == spec.size for spec, data in files)
-    assert all(data == content_for(5, spec.index, spec.size) for spec, data in files)
 
 
 async def test_generate_yields_nothing_when_start_is_count() -> None:
@@ -201,7 +268,7 @@ async def test_max_duration_counts_consumer_time() -> None:
     config = GeneratorConfig(count=10, min_size=2, max_size=2, max_duration=3.0)
     fake = FakeTime()
     seen = []
-    async for spec, _ in generate(config, 0, sleep=fake.sleep, clock=fake.clock):
+    async for spec in generate(config, 0, sleep=fake.sleep, clock=fake.clock):
         seen.append(spec.index)
         fake.now += 2.0  # the consumer is slow
     assert seen == [0]

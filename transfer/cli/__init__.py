@@ -8,7 +8,9 @@ job (a file not confirmed, a verify difference) exits 1.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -16,8 +18,9 @@ from typing import Any, NoReturn, TypeAlias
 
 import structlog
 
-from transfer.cli import logs, report, send, serve
-from transfer.cli.common import token_of
+from transfer import __version__
+from transfer.cli import logs, progress, report, send, serve
+from transfer.cli.common import check_writable_file, exit_status, token_of
 from transfer.core.errors import ConfigError, TransferError
 from transfer.core.units import parse_duration, parse_size
 
@@ -41,9 +44,42 @@ def _duration(text: str) -> float:
 
 
 def _add_logging(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--log-format", choices=("json", "console"), default="json")
-    parser.add_argument("--log-file", type=Path, help="append logs here instead of stderr")
-    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning"))
+    # --log-format has no default here: `progress.choose_output` tells "json" by default
+    # from "json" asked for (which keeps the lines on a terminal the display owns).
+    parser.add_argument(
+        "--log-format",
+        choices=("json", "console"),
+        help="json lines, or console for people (default: json)",
+    )
+    parser.add_argument(
+        "--log-file",
+        type=Path,
+        help="append logs here (default: stderr; `send` on a terminal: SPOOL/sender.log)",
+    )
+    parser.add_argument(
+        "--log-level", default="info", choices=("debug", "info", "warning"), help="least level"
+    )
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless there is none to show (None,
+    a store_true's False) or the text already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if not action.option_strings or "%(default)" in text or "(default: " in text:
+            return text
+        if default is None or default is False or default is argparse.SUPPRESS:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("transfer")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        return __version__
 
 
 class _Parser(argparse.ArgumentParser):
@@ -57,10 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="transfer", description="Resumable, integrity-checked file transfer over HTTP."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub: Sub = parser.add_subparsers(dest="command", required=True)
     serve.add_parser(sub, _size, _duration, _add_logging)
     send.add_parsers(sub, _size, _duration, _add_logging)
     _report_parser(sub)
+    for each in (parser, *sub.choices.values()):  # one help format for every subcommand
+        each.formatter_class = _HelpFormatter
     return parser
 
 
@@ -85,14 +124,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     token = token_of(args)
-    logs.configure(
-        args.log_format, log_file=args.log_file, level=args.log_level, secrets=[token or ""]
-    )
+    args.output = progress.choose_output(args, isatty=sys.stderr.isatty)
     run: Callable[[argparse.Namespace], int] = args.run
     try:
+        if args.output.log_file is not None:
+            check_writable_file("--log-file", args.output.log_file)
+        logs.configure(
+            args.output.log_format,
+            log_file=args.output.log_file,
+            level=args.log_level,
+            secrets=[token or ""],
+        )
         return run(args)
     except TransferError as exc:
         print(f"transfer {args.command}: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, ConfigError) else 1
-    except KeyboardInterrupt:
-        return 130
+    except OSError as exc:
+        # What no check could foresee (a disk filling up, a file changed underfoot): one
+        # line naming the path, never a traceback. The journal is durable as it stands.
+        print(f"transfer {args.command}: {_os_error(exc)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # Ctrl-C before `send` took SIGINT over, or in another command
+        print(f"transfer {args.command}: interrupted", file=sys.stderr)
+        return exit_status(signal.SIGINT)
+
+
+def _os_error(exc: OSError) -> str:
+    where = f"{exc.filename}: " if exc.filename is not None else ""
+    return f"{where}{exc.strerror or exc}"

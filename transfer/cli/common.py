@@ -1,11 +1,45 @@
-"""What `serve` and `send` share: the bearer token flag and its environment variable."""
+"""What the subcommands share: the bearer token flag, how `send` takes SIGINT/SIGTERM,
+and the checks of the paths a user gives, so every mistake is one line naming its flag.
+
+Invariants:
+- A check never creates or changes anything: it runs before the command touches the
+  disk, so a refused command leaves the file system as it found it.
+- `--server` is a base URL (the client appends `/uploads/...`); a path prefix is allowed
+  (a reverse proxy), but one that runs into our own endpoints is refused with the base
+  URL to use instead.
+- `read_spool` reads a journal without its lock and without writing (no lock file, no
+  torn-tail truncation), so `status` and `verify` work beside a running sender and never
+  make a spool; a missing spool or journal is a `ConfigError`.
+- `Signals`: the first SIGINT or SIGTERM prints one line on stderr and asks the sender
+  to stop (it returns within its drain budget); a second one ends the process at once
+  with `os._exit`, which is no worse than a kill -9: every acknowledged journal record
+  is already fsynced, and recovery drops a torn tail. The exit status is 128 + the
+  signal's number (130 for SIGINT, 143 for SIGTERM), as a shell reports a death by it.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
 import os
+import signal
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import structlog
+
+from transfer.core.errors import ConfigError, JournalError
+from transfer.core.events import Event
+from transfer.sender.journal import LOG_NAME, JournalEntry, decode_record, scan_frames
+from transfer.sender.reasons import Reason
 
 TOKEN_ENV = "TRANSFER_TOKEN"
+ENDPOINTS = frozenset({"uploads", "files", "metrics"})  # paths under the server's base URL
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+log = structlog.get_logger("transfer.cli")
 
 
 def add_token(parser: argparse.ArgumentParser) -> None:
@@ -20,3 +54,178 @@ def token_of(args: argparse.Namespace) -> str | None:
     if token is None:
         token = os.environ.get(TOKEN_ENV)
     return token or None
+
+
+# --- signals -------------------------------------------------------------------------
+
+
+def exit_status(sig: signal.Signals) -> int:
+    """What a shell reports for a process that died of `sig`: 130 SIGINT, 143 SIGTERM."""
+    return 128 + int(sig)
+
+
+class Signals:
+    """SIGINT and SIGTERM for a running `transfer send` (see the module's invariants).
+
+    `install` on the running loop first, `attach` the stop callback once it exists: a
+    signal that came in between is passed on then.
+    """
+
+    def __init__(self, spool: Path) -> None:
+        self.spool = spool
+        self.received: signal.Signals | None = None
+        self._stop: Callable[[signal.Signals], None] | None = None
+
+    def install(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in STOP_SIGNALS:
+            loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def attach(self, stop: Callable[[signal.Signals], None]) -> None:
+        self._stop = stop
+        if self.received is not None:
+            stop(self.received)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        if self.received is not None:
+            self._now(sig)
+        self.received = sig
+        _say(
+            f"transfer send: {sig.name}, stopping; unconfirmed files stay journaled in "
+            f"{self.spool} for the next run (Ctrl-C again to quit at once)"
+        )
+        if self._stop is not None:
+            self._stop(sig)
+
+    def _now(self, sig: signal.Signals) -> None:
+        """The second signal: log it, flush the logs, and leave without cleaning up."""
+        log.warning(Event.SENDER_STOPPING, reason=Reason.SIGNAL, signal=sig.name, immediate=True)
+        _say(f"transfer send: {sig.name} again, quitting now")
+        logging.shutdown()  # flush the log file: os._exit skips every handler
+        os._exit(exit_status(sig))
+
+
+def _say(line: str) -> None:
+    # sys.stderr as it is now: a progress display may have redirected it.
+    print(line, file=sys.stderr, flush=True)
+
+
+# --- user-given paths ----------------------------------------------------------------
+
+
+def _nearest_existing(path: Path) -> Path:
+    """`path` itself if it exists, else its closest existing ancestor."""
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_writable_file(flag: str, path: Path) -> None:
+    """`path` can be appended to, or created (with its missing directories).
+
+    Raises:
+        ConfigError: naming `flag` and what is in the way.
+    """
+    if path.is_dir():
+        raise ConfigError(f"{flag} {path} is a directory, not a file")
+    found = _nearest_existing(path)
+    if found != path.absolute() and not found.is_dir():
+        raise ConfigError(f"{flag} {path}: {found} is not a directory")
+    mode = os.W_OK if found == path.absolute() else os.W_OK | os.X_OK
+    if not os.access(found, mode):
+        raise ConfigError(f"{flag} {path}: {found} is not writable")
+
+
+def check_dir(flag: str, path: Path, inside: Iterable[str] = ()) -> None:
+    """`path` is a directory this process may write in, or can be made one; so is each
+    of its subdirectories `inside` that exists already.
+
+    Raises:
+        ConfigError: naming `flag` and what is in the way.
+    """
+    found = _nearest_existing(path)
+    if not found.is_dir():
+        where = "" if found == path.absolute() else f": {found}"
+        raise ConfigError(f"{flag} {path}{where} is not a directory")
+    if not os.access(found, os.R_OK | os.W_OK | os.X_OK):
+        what = (
+            "is not writable"
+            if found == path.absolute()
+            else f"cannot be created: {found} is not writable"
+        )
+        raise ConfigError(f"{flag} {path} {what}")
+    for name in inside:
+        if (path / name).exists():
+            check_dir(flag, path / name)
+
+
+def check_readable(paths: Iterable[Path]) -> None:
+    """Every PATH argument exists and can be read (a directory: listed).
+
+    Raises:
+        ConfigError: naming the first path that cannot.
+    """
+    for path in paths:
+        if not path.exists():
+            raise ConfigError(f"{path} is not a file or directory")
+        try:
+            if path.is_dir():
+                os.scandir(path).close()
+            else:
+                path.open("rb").close()
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+
+
+def check_server_url(url: str) -> None:
+    """`url` is an http(s) base URL (see the module's invariants).
+
+    Raises:
+        ConfigError: naming --server, with the base URL when a path was given.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"--server must be an http:// or https:// URL, not {url!r}")
+    segments = parts.path.split("/")
+    endpoint = next((i for i, name in enumerate(segments) if name in ENDPOINTS), None)
+    if endpoint is not None or parts.query or parts.fragment:
+        prefix = "/".join(segments[:endpoint]).rstrip("/")
+        base = f"{parts.scheme}://{parts.netloc}{prefix}"
+        raise ConfigError(f"--server takes the server's base URL, not {url!r}: try --server {base}")
+
+
+def read_spool(spool: Path) -> tuple[list[JournalEntry], dict[str, str]]:
+    """The entries and meta settings of the journal in `spool`, read as they are,
+    changing nothing.
+
+    A torn last record (a sender writing right now) is left out, as recovery would.
+
+    Raises:
+        ConfigError: `spool` is no directory or holds no journal.
+        JournalError: the journal is damaged before its end, or holds an unknown record.
+    """
+    if not spool.is_dir():
+        why = "does not exist" if not spool.exists() else "is not a directory"
+        raise ConfigError(f"--spool-dir {spool} {why}: no spool there")
+    path = spool / LOG_NAME
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"--spool-dir {spool} holds no sender journal ({LOG_NAME})") from None
+    except OSError as exc:
+        raise ConfigError(f"--spool-dir {spool}: cannot read {LOG_NAME}: {exc.strerror}") from exc
+    frames, _ = scan_frames(data, source=str(path))
+    entries: dict[str, JournalEntry] = {}
+    meta: dict[str, str] = {}
+    for offset, payload in frames:
+        try:
+            record = decode_record(payload)
+        except (ValueError, TypeError) as exc:
+            raise JournalError(f"{path}: unreadable record at byte {offset}: {exc}") from exc
+        # Later records supersede earlier ones, in first-seen order (as `FileJournal`).
+        if isinstance(record, JournalEntry):
+            entries[record.file_id] = record
+        else:
+            meta[record.key] = record.value
+    return list(entries.values()), meta

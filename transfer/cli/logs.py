@@ -3,10 +3,16 @@
 `configure` is called once, by the CLI, never at import time. Standard-library loggers
 (aiohttp's among them) are routed through the same processors, so every line a process
 writes has the same shape: `event`, `level`, `timestamp` (ISO 8601, UTC), context.
+
+Invariants: the stderr handler looks `sys.stderr` up at every write, so a progress
+display that redirects stderr (rich's `Live`) prints log lines above itself instead of
+through it; a log file's directory is created at the first line, not before, so a
+command that fails its flag checks leaves nothing behind.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import sys
 from collections.abc import Sequence
@@ -75,9 +81,30 @@ def configure(
         ],
     )
     handler: logging.Handler = (
-        logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
+        _FileHandler(log_file) if log_file else logging.StreamHandler(_Stderr())
     )
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(level.upper())
+
+
+class _Stderr:
+    """`sys.stderr` as it is at each write (see the module's invariants)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+class _FileHandler(logging.FileHandler):
+    """Appends to `path`, creating its directory when the first line is written."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, delay=True)
+
+    def _open(self) -> io.TextIOWrapper:
+        Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
+        return super()._open()

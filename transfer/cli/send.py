@@ -9,8 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import signal
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -19,7 +17,18 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from transfer.cli.common import add_token, token_of
+from transfer.cli import progress
+from transfer.cli.common import (
+    Signals,
+    add_token,
+    check_dir,
+    check_readable,
+    check_server_url,
+    exit_status,
+    read_spool,
+    token_of,
+)
+from transfer.cli.watchflags import add_watch_flags, watch_config
 from transfer.common.http import new_session
 from transfer.common.tls import client_context
 from transfer.core.errors import ConfigError, TransferError
@@ -28,13 +37,16 @@ from transfer.core.filestate import FileState
 from transfer.sender import status
 from transfer.sender.client import Corruptor, UploadClient
 from transfer.sender.generator import GeneratorConfig
+from transfer.sender.intake import WATCHED_DIR, watch_summary
 from transfer.sender.journal import FileJournal, JournalEntry
 from transfer.sender.pipeline import Sender, SenderConfig, prepare_journal
+from transfer.sender.reasons import Reason
 from transfer.sender.retry import RetryPolicy
 from transfer.sender.uploader import Uploader
 
 log = structlog.get_logger("transfer.send")
 KiB = 1024
+_SPOOL_HELP = "the sender's journal and generated files live here"
 # Any: the subparsers are the CLI's own ArgumentParser subclass.
 Sub: TypeAlias = "argparse._SubParsersAction[Any]"
 
@@ -49,38 +61,79 @@ def add_parsers(
     p.add_argument("paths", nargs="*", type=Path, help="send these files/directories instead")
     p.add_argument("--server", required=True, help="e.g. http://127.0.0.1:8000")
     _add_connection(p)
-    p.add_argument("--spool-dir", type=Path, required=True)
-    p.add_argument("--count", type=int, default=100)
-    p.add_argument("--min-size", type=size, default="1KiB")
-    p.add_argument("--max-size", type=size, default="1MiB")
-    p.add_argument("--min-interval", type=duration, default="1ms")
-    p.add_argument("--max-interval", type=duration, default="1s")
-    p.add_argument("--max-duration", type=duration, default=None, help="bound generation time")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--spool-dir", type=Path, required=True, help=_SPOOL_HELP)
+    p.add_argument(
+        "--count", type=int, default=100, metavar="N", help="files in the journal, over all runs"
+    )
+    p.add_argument("--min-size", type=size, default="1KiB", metavar="SIZE", help="smallest file")
+    p.add_argument("--max-size", type=size, default="1MiB", metavar="SIZE", help="largest file")
+    p.add_argument(
+        "--min-interval", type=duration, default="1ms", metavar="DURATION", help="shortest wait"
+    )
+    p.add_argument(
+        "--max-interval",
+        type=duration,
+        default="1s",
+        metavar="DURATION",
+        help="longest wait before each file (uniform between the two)",
+    )
+    p.add_argument(
+        "--max-duration",
+        type=duration,
+        default=None,
+        metavar="DURATION",
+        help="stop generating after this long, e.g. 10m (default: no bound)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="same seed, same files (default: random, then kept in the journal)",
+    )
     p.add_argument(
         "--chunk-size",
         type=lambda text: None if text == "auto" else size(text),
         default="auto",
         help="a multiple of 256KiB, or auto (whole file up to 8MiB, else 8MiB chunks)",
     )
-    p.add_argument("--concurrency", type=int, default=4)
-    p.add_argument("--retry-timeout", type=duration, default="300s")
-    p.add_argument("--status-port", type=int, default=0, help="0 picks a free port")
-    p.add_argument("--status-host", default="127.0.0.1")
-    p.add_argument("--inject-corruption", type=float, default=0.0, metavar="RATE")
-    p.add_argument("--progress", choices=("auto", "always", "never"), default="auto")
+    p.add_argument("--concurrency", type=int, default=4, metavar="N", help="uploads at once")
+    p.add_argument(
+        "--retry-timeout",
+        type=duration,
+        default="300s",
+        metavar="DURATION",
+        help="keep retrying this long without progress before a file fails",
+    )
+    p.add_argument(
+        "--status-port", type=int, default=0, help="the sender's /status port; 0 picks a free one"
+    )
+    p.add_argument("--status-host", default="127.0.0.1", help="the sender's /status address")
+    p.add_argument(
+        "--inject-corruption",
+        type=float,
+        default=0.0,
+        metavar="RATE",
+        help="flip a bit in this fraction of chunks (a demo of the integrity checks)",
+    )
+    p.add_argument(
+        "--progress",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="a progress display on stderr (auto: when it is a terminal; logs then go to a file)",
+    )
+    add_watch_flags(p, duration)
     add_logging(p)
     p.set_defaults(run=run_send)
 
     p = sub.add_parser("status", help="print the sender's journal")
-    p.add_argument("--spool-dir", type=Path, required=True)
+    p.add_argument("--spool-dir", type=Path, required=True, help=_SPOOL_HELP)
     p.add_argument("--json", action="store_true", help="one JSON object per file")
     add_logging(p)
     p.set_defaults(run=run_status)
 
     p = sub.add_parser("verify", help="check every journaled file against the server")
-    p.add_argument("--spool-dir", type=Path, required=True)
-    p.add_argument("--server", required=True)
+    p.add_argument("--spool-dir", type=Path, required=True, help=_SPOOL_HELP)
+    p.add_argument("--server", required=True, help="the server's URL, e.g. http://127.0.0.1:8000")
     _add_connection(p)
     add_logging(p)
     p.set_defaults(run=run_verify)
@@ -98,16 +151,17 @@ def _check_send_args(args: argparse.Namespace) -> None:
         raise ConfigError("--concurrency must be at least 1")
     if not 0.0 <= args.inject_corruption <= 1.0:
         raise ConfigError("--inject-corruption must be between 0 and 1")
-    if not args.server.startswith(("http://", "https://")):
-        raise ConfigError(f"--server must be an http:// or https:// URL, not {args.server!r}")
+    check_server_url(args.server)
     if not 0 <= args.status_port <= 65535:
         raise ConfigError("--status-port must be 0-65535")
+    check_readable(args.paths)
+    check_dir("--spool-dir", args.spool_dir, inside=("files",))
 
 
 def run_send(args: argparse.Namespace) -> int:
     _check_send_args(args)
     generator = None
-    if not args.paths:
+    if not args.paths and args.watch is None:
         generator = GeneratorConfig(
             count=args.count,
             min_size=args.min_size,
@@ -121,6 +175,7 @@ def run_send(args: argparse.Namespace) -> int:
         generator=generator,
         paths=tuple(args.paths),
         concurrency=args.concurrency,
+        watch=watch_config(args),
     )
     return asyncio.run(_send(args, config))
 
@@ -131,22 +186,34 @@ def _session(args: argparse.Namespace, concurrency: int) -> aiohttp.ClientSessio
 
 
 async def _send(args: argparse.Namespace, config: SenderConfig) -> int:
-    with FileJournal.open(config.spool_dir) as journal:
+    signals = Signals(config.spool_dir)
+    signals.install()  # first, so that no signal finds the default handlers
+    with _open_journal(config.spool_dir) as journal:
         seed = await prepare_journal(journal, args.seed)
         async with _session(args, config.concurrency) as session:
             corruptor = Corruptor(args.inject_corruption, seed) if args.inject_corruption else None
             client = UploadClient(session, args.server, corruptor=corruptor)
             uploader = Uploader(client, args.chunk_size, RetryPolicy(timeout=args.retry_timeout))
             sender = Sender(config, journal, uploader)
+            signals.attach(lambda sig: sender.request_stop(Reason.SIGNAL, signal=sig.name))
             runner = await _start_status(sender, args.status_host, args.status_port, args.server)
             try:
-                ok = await _run_with_signals(sender, _progress_wanted(args.progress), args.count)
+                ok = await _run_with_signals(sender, _display(args, sender, runner))
             finally:
                 await runner.cleanup()
     snap = status.snapshot(sender)
     log.info(Event.SEND_SUMMARY, ok=ok, **snap)
     print(status.summary_line(sender), flush=True)
+    if signals.received is not None:
+        return exit_status(signals.received)
     return 0 if ok else 1
+
+
+def _open_journal(spool: Path) -> FileJournal:
+    try:
+        return FileJournal.open(spool)
+    except OSError as exc:
+        raise ConfigError(f"--spool-dir {spool}: {exc.strerror}: {exc.filename}") from exc
 
 
 async def _start_status(sender: Sender, host: str, port: int, server: str) -> web.AppRunner:
@@ -165,33 +232,28 @@ async def _start_status(sender: Sender, host: str, port: int, server: str) -> we
     return runner
 
 
-def _progress_wanted(mode: str) -> bool:
-    return mode == "always" or (mode == "auto" and sys.stderr.isatty())
+def _display(
+    args: argparse.Namespace, sender: Sender, runner: web.AppRunner
+) -> tuple[progress.Display, str] | None:
+    """The progress display and its header, when `transfer.cli.main` chose one."""
+    output: progress.Output | None = getattr(args, "output", None)
+    if output is None or not output.display:
+        return None
+    target = None if args.paths or args.watch else args.count
+    header = progress.header(args, output.log_file, runner.addresses[0][1])
+    return progress.Display(sender, target, args.server), header
 
 
-async def _run_with_signals(sender: Sender, progress: bool, target: int) -> bool:
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, sender.stop.set)
-    drawer = asyncio.create_task(_draw(sender, target)) if progress else None
-    try:
+async def _run_with_signals(sender: Sender, display: tuple[progress.Display, str] | None) -> bool:
+    # The signals are `_send`'s (`Signals`): they reach `sender.request_stop`.
+    if display is None:
         return await sender.run()
-    finally:
-        if drawer is not None:
-            drawer.cancel()
-            status.draw_progress(sender, target)
-            sys.stderr.write("\n")
-
-
-async def _draw(sender: Sender, target: int) -> None:
-    while True:
-        status.draw_progress(sender, target)
-        await asyncio.sleep(0.2)
+    async with display[0].shown(display[1]):
+        return await sender.run()
 
 
 def run_status(args: argparse.Namespace) -> int:
-    with FileJournal.open(args.spool_dir) as journal:
-        entries = journal.entries()
+    entries, meta = read_spool(args.spool_dir)  # never creates, locks or changes a spool
     if args.json:
         for e in entries:
             print(json.dumps(_entry_json(e)))
@@ -201,6 +263,8 @@ def run_status(args: argparse.Namespace) -> int:
         print(f"{e.file_id:<24} {e.state.value:<10} {e.size:>10}  {e.reason or e.name}")
     counts = {s.value: sum(e.state is s for e in entries) for s in FileState}
     print(", ".join(f"{n} {state}" for state, n in counts.items()))
+    if WATCHED_DIR in meta:
+        print(watch_summary(meta, entries))
     return 0
 
 
@@ -215,12 +279,13 @@ def _entry_json(entry: JournalEntry) -> dict[str, object]:
         "state": entry.state.value,
         "server_digest": entry.server_digest,
         "reason": entry.reason,
+        **({"rel": entry.rel, "version": entry.version} if entry.rel is not None else {}),
     }
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    with FileJournal.open(args.spool_dir) as journal:
-        entries = journal.entries()
+    check_server_url(args.server)
+    entries, _ = read_spool(args.spool_dir)  # never creates, locks or changes a spool
     problems = asyncio.run(_verify(entries, args))
     for line in problems:
         print(line)

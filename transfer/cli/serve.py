@@ -13,13 +13,22 @@ from typing import Any, TypeAlias
 import structlog
 from aiohttp import web
 
-from transfer.cli.common import add_token, token_of
+from transfer.cli.common import add_token, check_dir, token_of
 from transfer.common.tls import server_context
 from transfer.core.errors import ConfigError
 from transfer.core.events import Event
-from transfer.server.app import ServerConfig, make_app
-from transfer.server.connlimit import LimitedTCPSite
+from transfer.server.app import STATE, ServerConfig, make_app
+from transfer.server.connections import (
+    DEFAULT_MAX_CONNECTIONS,
+    ConnLimits,
+    Tracker,
+    parse_network,
+)
+from transfer.server.connlimit import LimitedTCPSite, default_max_connections, ensure_fd_limit
+from transfer.server.cors import cors_origins
+from transfer.server.forwarded import client_middleware
 from transfer.server.middleware import AccessLogger
+from transfer.server.tus import tus_base_path
 from transfer.store.filestore import FileStore
 
 log = structlog.get_logger("transfer.serve")
@@ -34,16 +43,42 @@ def add_parser(
     add_logging: Callable[[argparse.ArgumentParser], None],
 ) -> None:
     p = sub.add_parser("serve", help="receive uploads (the server)")
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=int, default=8000, help="0 picks a free port")
-    p.add_argument("--data-dir", type=Path, required=True)
+    p.add_argument(
+        "--data-dir", type=Path, required=True, help="uploads/ (partial) and files/ (published)"
+    )
     p.add_argument("--max-chunk", type=size, default="64MiB", help="largest chunk body")
     p.add_argument("--max-upload", type=size, default="64GiB", help="largest upload")
     p.add_argument("--idle-timeout", type=duration, default="30s", help="per-read body timeout")
     p.add_argument("--min-rate", type=size, default="1KiB", help="slowest body, bytes/s")
     p.add_argument("--max-active", type=int, default=64, help="most uploads receiving at once")
     p.add_argument(
-        "--max-connections", type=int, default=512, help="open connections (503 past it)"
+        "--max-connections",
+        type=int,
+        default=None,
+        help=f"open connections; when full, one still sending headers (or idle) is closed "
+        f"to make room, else 503 (default: {DEFAULT_MAX_CONNECTIONS}, or what the hard "
+        "file-descriptor limit allows)",
+    )
+    p.add_argument(
+        "--max-connections-per-ip",
+        type=int,
+        default=64,
+        help="open connections from one address (429 past it; trusted proxies exempt)",
+    )
+    p.add_argument(
+        "--header-timeout",
+        type=duration,
+        default="10s",
+        help="a connection must complete a request's headers within this (and TLS handshake)",
+    )
+    p.add_argument(
+        "--trusted-proxy",
+        type=_network,
+        action="append",
+        metavar="CIDR",
+        help="X-Forwarded-For from this network names the client (repeatable; none by default)",
     )
     p.add_argument("--max-partial", type=size, default="256GiB", help="all partial bytes")
     p.add_argument("--reserve", type=size, default="256MiB", help="disk space kept free")
@@ -58,6 +93,20 @@ def add_parser(
     p.add_argument("--protect-metrics", action="store_true", help="/metrics needs the token")
     p.add_argument("--tls-cert", type=Path, help="PEM certificate chain (with --tls-key)")
     p.add_argument("--tls-key", type=Path, help="PEM private key")
+    p.add_argument(
+        "--tus-path",
+        default="/tus/",
+        metavar="PATH",
+        help="base path of the tus 1.0 front-end (default: /tus/)",
+    )
+    p.add_argument("--no-tus", action="store_true", help="switch the tus 1.0 front-end off")
+    p.add_argument(
+        "--cors-origin",
+        action="append",
+        metavar="ORIGIN",
+        help="a browser origin allowed to upload, e.g. https://app.example (repeatable; "
+        "'*' allows any; default: none, no CORS headers)",
+    )
     add_logging(p)
     p.set_defaults(run=run)
 
@@ -83,6 +132,31 @@ def _config(args: argparse.Namespace) -> ServerConfig:
         partial_ttl=args.partial_ttl,
         token=token,
         protect_metrics=args.protect_metrics,
+        tus_path=None if args.no_tus else tus_base_path(args.tus_path),
+        cors_origins=cors_origins(args.cors_origin or []),
+    )
+
+
+def _network(text: str) -> object:
+    try:
+        return parse_network(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not an address or CIDR network: {exc}") from exc
+
+
+def _limits(args: argparse.Namespace) -> ConnLimits:
+    if args.max_connections is None:  # the default adapts; an explicit value must fit
+        args.max_connections = default_max_connections()
+    if args.max_connections < 1 or args.max_connections_per_ip < 1:
+        raise ConfigError("--max-connections and --max-connections-per-ip must be at least 1")
+    if args.header_timeout <= 0:
+        raise ConfigError("--header-timeout must be positive")
+    ensure_fd_limit(args.max_connections)
+    return ConnLimits(
+        max_connections=args.max_connections,
+        per_ip=args.max_connections_per_ip,
+        header_timeout=args.header_timeout,
+        trusted=tuple(args.trusted_proxy or ()),
     )
 
 
@@ -97,19 +171,10 @@ def _tls(args: argparse.Namespace) -> ssl.SSLContext | None:
 def run(args: argparse.Namespace) -> int:
     config = _config(args)
     context = _tls(args)
+    check_dir("--data-dir", args.data_dir, inside=("uploads", "files"))
     store = FileStore(args.data_dir, durable=args.fsync == "always")
-    if args.max_connections < 1:
-        raise ConfigError("--max-connections must be at least 1")
-    asyncio.run(
-        _serve(
-            store,
-            config,
-            args.host,
-            args.port,
-            context=context,
-            max_connections=args.max_connections,
-        )
-    )
+    limits = _limits(args)
+    asyncio.run(_serve(store, config, args.host, args.port, context=context, limits=limits))
     return 0
 
 
@@ -120,25 +185,24 @@ async def _serve(
     port: int,
     *,
     context: ssl.SSLContext | None,
-    max_connections: int,
+    limits: ConnLimits,
 ) -> None:
     try:
         recovered = store.open()
     except OSError as exc:
-        raise ConfigError(f"cannot use data dir {store.files_dir.parent}: {exc}") from exc
+        raise ConfigError(
+            f"--data-dir {store.files_dir.parent}: {exc.strerror}: {exc.filename}"
+        ) from exc
     # keepalive_timeout: an idle kept-alive connection is closed after 75 s instead of
     # aiohttp's AppRunner default of an hour, so idle sockets cannot pile up.
-    runner = web.AppRunner(
-        make_app(store, config), access_log_class=AccessLogger, keepalive_timeout=75.0
-    )
+    app = make_app(store, config)
+    # Outermost: the client is known (and held to its share) before anything else runs.
+    app.middlewares.insert(0, client_middleware(limits))
+    runner = web.AppRunner(app, access_log_class=AccessLogger, keepalive_timeout=75.0)
     await runner.setup()
+    tracker = Tracker(limits, app[STATE].metrics)
     site = LimitedTCPSite(
-        runner,
-        host,
-        port,
-        max_connections=max_connections,
-        shutdown_timeout=10.0,
-        ssl_context=context,
+        runner, host, port, tracker=tracker, shutdown_timeout=10.0, ssl_context=context
     )
     try:
         await site.start()

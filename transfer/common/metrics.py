@@ -1,12 +1,16 @@
 """A few Prometheus metrics rendered in the text exposition format, no dependency.
 
 Invariants: counters only go up; label sets are small and fixed by the code (never
-derived from client input such as ids), so cardinality stays bounded.
+derived from client input such as ids), so cardinality stays bounded. A described
+counter or gauge always exports a sample: until it has a series of its own it renders
+as one unlabelled `name 0`, so a scraper sees 0 rather than "absent" (which alerts and
+`rate()` treat differently).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -20,6 +24,12 @@ class Metrics:
         self._help: dict[str, tuple[str, str]] = {}
         self._values: dict[str, dict[Labels, float]] = defaultdict(dict)
         self._hist: dict[str, dict[Labels, list[float]]] = defaultdict(dict)
+        self._collectors: list[Callable[[], None]] = []
+
+    def collect(self, refresh: Callable[[], None]) -> None:
+        """Call `refresh` before every render: for gauges read off live state (open
+        connections by state), cheaper to compute when scraped than on every change."""
+        self._collectors.append(refresh)
 
     def describe(self, name: str, kind: str, text: str) -> None:
         self._help[name] = (kind, text)
@@ -44,15 +54,23 @@ class Metrics:
         counts[-1] += value  # sum
 
     def render(self) -> str:
+        for refresh in self._collectors:
+            refresh()
         lines: list[str] = []
         for name in sorted(self._help.keys() | self._values.keys() | self._hist.keys()):
             kind, text = self._help.get(name, ("untyped", name))
             lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
-            for labels, value in sorted(self._values.get(name, {}).items()):
+            series = self._values.get(name) or _zero(kind)
+            for labels, value in sorted(series.items()):
                 lines.append(f"{name}{_fmt(labels)} {_num(value)}")
             for labels, counts in sorted(self._hist.get(name, {}).items()):
                 lines += _histogram_lines(name, labels, counts)
         return "\n".join(lines) + "\n"
+
+
+def _zero(kind: str) -> dict[Labels, float]:
+    """The sample of a counter or gauge nothing has touched yet."""
+    return {(): 0.0} if kind in ("counter", "gauge") else {}
 
 
 def _histogram_lines(name: str, labels: Labels, counts: list[float]) -> list[str]:

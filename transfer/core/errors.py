@@ -85,11 +85,32 @@ class Code(enum.StrEnum):
     UPLOAD_TOO_LARGE = "upload_too_large", 413, "Payload Too Large"
     REQUEST_ENTITY_TOO_LARGE = "request_entity_too_large", 413, "Request Entity Too Large"
     RANGE_PAST_TOTAL = "range_past_total", 416, "Range Not Satisfiable"
+    # tus 1.0 (core/tus.py, server/tus.py): with the statuses the tus protocol text names
+    INVALID_UPLOAD_OFFSET = "invalid_upload_offset", 400, "Bad Request"
+    INVALID_UPLOAD_LENGTH = "invalid_upload_length", 400, "Bad Request"
+    INVALID_UPLOAD_CONCAT = "invalid_upload_concat", 400, "Bad Request"
+    INVALID_CHECKSUM = "invalid_checksum", 400, "Bad Request"
+    CHECKSUM_ALGORITHM_UNSUPPORTED = "checksum_algorithm_unsupported", 400, "Bad Request"
+    INVALID_METHOD_OVERRIDE = "invalid_method_override", 400, "Bad Request"
+    CONCAT_NOT_PARTIAL = "concat_not_partial", 400, "Bad Request"
+    CONCAT_PARTIAL_INCOMPLETE = "concat_partial_incomplete", 400, "Bad Request"
+    UPLOAD_IS_FINAL = "upload_is_final", 403, "Forbidden"
+    OFFSET_MISMATCH = "offset_mismatch", 409, "Conflict"
+    LENGTH_REQUIRED = "length_required", 411, "Length Required"
+    TUS_VERSION_UNSUPPORTED = "tus_version_unsupported", 412, "Precondition Failed"
+    UPLOAD_LENGTH_EXCEEDED = "upload_length_exceeded", 413, "Payload Too Large"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type", 415, "Unsupported Media Type"
+    CHECKSUM_MISMATCH = "checksum_mismatch", 460, "Checksum Mismatch"
+    # CORS (server/cors.py): a preflight from an origin not given to --cors-origin
+    ORIGIN_NOT_ALLOWED = "origin_not_allowed", 403, "Forbidden"
     # 5xx: the server could not, this time
     STORAGE_ERROR = "storage_error", 500, "Storage Failure"
     INTERNAL_ERROR = "internal_error", 500, "Internal Server Error"
     TOO_MANY_UPLOADS = "too_many_uploads", 503, "Service Unavailable"
     TOO_MANY_CONNECTIONS = "too_many_connections", 503, "Service Unavailable"
+    # 429: one address holds --max-connections-per-ip connections (or, through a trusted
+    # proxy, requests) already; retried like any 429.
+    TOO_MANY_CONNECTIONS_PER_IP = "too_many_connections_per_ip", 429, "Too Many Requests"
     INSUFFICIENT_STORAGE = "insufficient_storage", 507, "Insufficient Storage"
     PARTIAL_QUOTA_EXCEEDED = "partial_quota_exceeded", 507, "Insufficient Storage"
     # Never answered by a server: the sender's own name for an untrusted certificate.

@@ -28,6 +28,11 @@ class Event(enum.StrEnum):
     UPLOAD_TOO_SLOW = "upload.too_slow"
     UPLOAD_DISCONNECTED = "upload.disconnected"
     DIGEST_MISMATCH = "digest.mismatch"
+    UPLOAD_CONCATENATED = "upload.concatenated"  # tus: a final upload built from partials
+    # the connection layer (server/connlimit.py): rate-limited, never one line per connection
+    CONNECTION_REFUSED = "connection.refused"  # once per reason and address per minute
+    CONNECTION_EVICTED = "connection.evicted"  # once per reason per minute
+    FD_LIMIT_RAISED = "server.fd_limit_raised"
     # the sender
     SENDER_STARTED = "sender.started"
     SENDER_STOPPING = "sender.stopping"
@@ -40,6 +45,21 @@ class Event(enum.StrEnum):
     UPLOAD_RESUMED = "upload.resumed"
     UPLOAD_RESYNC = "upload.resync"
     UPLOAD_RETRY = "upload.retry"
+    SERVER_UNREACHABLE = "server.unreachable"  # once per outage, not per retry
+    SERVER_REACHABLE = "server.reachable"  # the first success after an outage
     UPLOAD_MISMATCH = "upload.mismatch"
     UPLOAD_CONFIRMED = "upload.confirmed"
     UPLOAD_FAILED = "upload.failed"
+    # the sender's watch mode (`send --watch`)
+    WATCH_STARTED = "watch.started"
+    WATCH_RESCAN = "watch.rescan"
+    WATCH_OVERFLOW = "watch.overflow"
+    WATCH_TAKEN = "watch.taken"
+    WATCH_CHANGED = "watch.changed"
+    WATCH_CHANGE_REFUSED = "watch.change_refused"
+    WATCH_MOVED = "watch.moved"
+    WATCH_VANISHED = "watch.vanished"
+    WATCH_ERROR = "watch.error"
+    SOURCE_DELETED = "source.deleted"
+    SOURCE_MOVED = "source.moved"
+    SOURCE_CHANGED = "source.changed"

@@ -11,7 +11,9 @@ Invariants:
   field naming only unknown algorithms verifies nothing.
 - A digest of the wrong length for its algorithm is malformed, not a mismatch.
 - `md5` is never accepted from a client (it is not collision resistant); it is only
-  computed for GCS clients, which read it back as `md5Hash`.
+  computed for GCS clients, which read it back as `md5Hash`. The same goes for `sha1`
+  in digest fields: both exist here only as `CHUNK_ONLY` algorithms, which tus's
+  per-PATCH `Upload-Checksum` may name (core/tus.py) to guard one chunk, never a file.
 """
 
 from __future__ import annotations
@@ -39,8 +41,10 @@ ALGORITHMS: Mapping[str, Callable[[], Hasher]] = {
     "xxh3-128": xxhash.xxh3_128,
     "sha-256": hashlib.sha256,
 }
-_SIZES = {"xxh3-128": 16, "sha-256": 32, "md5": 16}
-_FACTORIES: Mapping[str, Callable[[], Hasher]] = {**ALGORITHMS, "md5": hashlib.md5}
+# Weak algorithms a tus client may use for one chunk's checksum; never whole-file digests.
+CHUNK_ONLY: Mapping[str, Callable[[], Hasher]] = {"md5": hashlib.md5, "sha1": hashlib.sha1}
+_SIZES = {"xxh3-128": 16, "sha-256": 32, "md5": 16, "sha1": 20}
+_FACTORIES: Mapping[str, Callable[[], Hasher]] = {**ALGORITHMS, **CHUNK_ONLY}
 _MEMBER = re.compile(r"([a-z*][a-z0-9_.*-]*)=:([A-Za-z0-9+/=]*):((?:;[^,;]*)*)")
 
 Digests = Mapping[str, bytes]
@@ -117,6 +121,11 @@ def verify(expected: Digests, actual: Digests, *, what: Literal["chunk", "repr"]
     for name, raw in expected.items():
         if name in actual and actual[name] != raw:
             raise DigestMismatch(_MISMATCH[what], f"{what} {name} digest does not match")
+
+
+def digest_size(algorithm: str) -> int:
+    """Raw digest length in bytes of a known algorithm (KeyError for an unknown one)."""
+    return _SIZES[algorithm]
 
 
 def to_hex(digests: Digests) -> dict[str, str]:

@@ -29,6 +29,12 @@ class UploadSpec:
     size: int | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
     repr_digest: Digests = field(default_factory=dict)
+    # The front-end that created it ("native", "tus"): the metrics label, and the
+    # whole-file algorithms (`store.shared.whole_algorithms`).
+    protocol: str = "native"
+    # Front-end parameters kept with the upload, never interpreted by the engine
+    # (tus: `Upload-Concat` as received, for HEAD and for refusing PATCH on a final).
+    extra: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,13 +94,16 @@ def check_same(existing: UploadSpec, wanted: UploadSpec) -> None:
 
 
 def spec_to_json(spec: UploadSpec) -> dict[str, object]:
-    return {
+    doc: dict[str, object] = {
         "id": spec.upload_id,
         "name": spec.name,
         "size": spec.size,
         "metadata": dict(spec.metadata),
         "repr_digest": integrity.to_hex(spec.repr_digest),
     }
+    if spec.protocol != "native":  # native documents stay as they always were
+        doc.update(protocol=spec.protocol, extra=dict(spec.extra))
+    return doc
 
 
 def spec_from_json(doc: dict[str, Any]) -> UploadSpec:
@@ -104,6 +113,8 @@ def spec_from_json(doc: dict[str, Any]) -> UploadSpec:
         size=doc.get("size"),
         metadata=doc.get("metadata") or {},
         repr_digest=integrity.from_hex(doc.get("repr_digest") or {}),
+        protocol=doc.get("protocol") or "native",
+        extra=doc.get("extra") or {},
     )
 
 

@@ -14,21 +14,37 @@ Invariants:
   `ConfigError`. Intervals lie in `[min_interval, max_interval]`.
 - Encoding: raw little-endian signed 16-bit samples, no header. Every even-length byte
   string is a valid sample sequence, so uniformly random bytes are uniform samples.
+- Any size is generated in pieces of `PIECE` bytes, so memory stays bounded (a 256 MiB
+  file needs 4 MiB at a time; one `randbytes` call cannot even make it: it counts bits
+  in a C int). The pieces concatenate to exactly the bytes one `randbytes(size)` call
+  gives, for every size: CPython's `getrandbits` fills whole 32-bit words in order,
+  least significant first, and `PIECE` is a multiple of 4 bytes, so cutting the stream
+  at piece boundaries never splits a word. Files of every size that worked before the
+  pieces are byte-identical (tests/test_generator.py pins digests).
 - `generate` waits `spec.interval` before each file (measured from when the consumer
   asks for it) and never yields a file once `max_duration` has elapsed since it started.
+- `write_file` leaves either nothing or the whole, fsynced file at its path (a `.tmp`
+  name until complete); cancelling it stops the writing thread within one piece.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+import os
 import random
+import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
+import xxhash
+
+from transfer.common.fsutil import TMP_SUFFIX, fsync_dir, write_all
 from transfer.core.errors import ConfigError
 
+PIECE = 4 * 1024 * 1024  # bytes generated and written at a time; a multiple of 4
 Sleep = Callable[[float], Awaitable[None]]
 Clock = Callable[[], float]
 
@@ -88,15 +104,76 @@ def spec_for(config: GeneratorConfig, seed: int, index: int) -> FileSpec:
 
 
 def content_for(seed: int, index: int, size: int) -> bytes:
-    """`size` bytes of random little-endian int16 samples for file `index`.
+    """`size` bytes of random little-endian int16 samples for file `index`, at once.
 
     Raises:
         ValueError: `size` is negative or odd (not whole samples).
     """
+    return b"".join(content_pieces(seed, index, size))
+
+
+def content_pieces(seed: int, index: int, size: int, piece: int = PIECE) -> Iterator[bytes]:
+    """The bytes of `content_for(seed, index, size)`, `piece` bytes at a time (the last
+    piece shorter). `piece` must be a positive multiple of 4 (see the module's invariants).
+
+    Raises:
+        ValueError: `size` is negative or odd, or `piece` is no positive multiple of 4.
+    """
     if size < 0 or size % 2:
         raise ValueError(f"size must be a non-negative even number of bytes, not {size}")
+    if piece <= 0 or piece % 4:
+        raise ValueError(f"piece must be a positive multiple of 4 bytes, not {piece}")
+    return _pieces(seed, index, size, piece)
+
+
+def _pieces(seed: int, index: int, size: int, piece: int) -> Iterator[bytes]:
     # A separate stream from spec_for's, so sizes and samples are not correlated.
-    return random.Random(f"{seed}:{index}:content").randbytes(size)
+    rng = random.Random(f"{seed}:{index}:content")
+    for start in range(0, size, piece):
+        yield rng.randbytes(min(piece, size - start))
+
+
+async def write_file(path: Path, seed: int, index: int, size: int) -> str:
+    """Write file `index` of `seed` (`size` bytes) to `path` durably, in pieces, and
+    return its hex xxh3-128: temporary name, fsync, rename, fsync of the directory.
+
+    Cancelling it leaves at most the `.tmp` file (swept on the next start) and stops the
+    writing thread after the piece in hand: the thread owns its descriptor and closes it.
+
+    Raises:
+        OSError: the spool cannot be written (full disk, permissions).
+    """
+    hasher = xxhash.xxh3_128()
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    cancelled = threading.Event()
+    pieces = content_pieces(seed, index, size)
+    try:
+        await asyncio.to_thread(_write_pieces, tmp, pieces, hasher.update, cancelled)
+    except asyncio.CancelledError:
+        cancelled.set()  # the thread stops at its next piece
+        raise
+    await asyncio.to_thread(_publish, tmp, path)
+    return hasher.hexdigest()
+
+
+def _write_pieces(
+    tmp: Path, pieces: Iterator[bytes], update: Callable[[bytes], None], stop: threading.Event
+) -> None:
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        for data in pieces:
+            if stop.is_set():
+                return
+            write_all(fd, data)
+            update(data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _publish(tmp: Path, path: Path) -> None:
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
 
 
 async def generate(
@@ -106,8 +183,10 @@ async def generate(
     start: int = 0,
     sleep: Sleep = asyncio.sleep,
     clock: Clock = time.monotonic,
-) -> AsyncIterator[tuple[FileSpec, bytes]]:
-    """Yield files `start..count-1`, sleeping each one's interval before it.
+) -> AsyncIterator[FileSpec]:
+    """Yield the specs of files `start..count-1`, sleeping each one's interval before
+    it; the caller makes the bytes (`content_pieces`, `write_file`), so a large file
+    never has to sit in memory whole.
 
     The deadline (`max_duration`) counts from the first iteration and includes the time
     the consumer spends between files. A wait that would end at or past the deadline is
@@ -126,4 +205,4 @@ async def generate(
         await sleep(spec.interval)
         if clock() >= deadline:  # a real sleep may overshoot
             return
-        yield spec, content_for(seed, index, spec.size)
+        yield spec

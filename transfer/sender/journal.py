@@ -16,6 +16,9 @@ Invariants:
   offset, and the file is left untouched. A frame cannot hide inside a payload, since
   payload bytes are printable ASCII: a length read from them is at least 0x20202020,
   above `MAX_PAYLOAD`. A false "valid frame" would only make recovery refuse, never drop.
+- Backward compatible: the watched-file fields (`rel`, `mtime_ns`, `version`) are left
+  out of a frame when unset, so the frames of other files are byte-identical to those
+  written before these fields existed, and frames without them read back unset.
 - Later records supersede earlier ones (per `file_id`, per meta key); first-seen order.
   A state changes only through `JournalEntry.after` (the table in `core/filestate.py`);
   records read back are taken as written, whatever the move between them.
@@ -53,6 +56,7 @@ LOG_NAME = "journal.log"
 LOCK_NAME = "journal.lock"
 _HEADER = struct.Struct(">3sII")
 _FILE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_OPTIONAL = ("rel", "mtime_ns", "version")  # fields written only when set
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +70,11 @@ class JournalEntry:
     state: FileState
     server_digest: str | None = None  # hex digest the server returned when confirmed
     reason: str | None = None  # why it failed
+    # A watched file (`send --watch`) also carries what recognises it: its path relative
+    # to the watched folder, its mtime when journaled and its version (1, 2, ... per path).
+    rel: str | None = None
+    mtime_ns: int | None = None
+    version: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.file_id, str) or not _FILE_ID.fullmatch(self.file_id):
@@ -166,6 +175,9 @@ def encode_record(record: Record) -> bytes:
         fields: dict[str, object] = {"kind": "meta", "key": record.key, "value": record.value}
     else:
         fields = {"kind": "file", **dataclasses.asdict(record), "state": record.state.value}
+        for name in _OPTIONAL:  # absent unless set: older frames stay byte-identical
+            if fields[name] is None:
+                del fields[name]
     return json.dumps(fields, separators=(",", ":"), ensure_ascii=True).encode("ascii")
 
 

@@ -2,12 +2,15 @@
 
 Invariants: only `TransientError` is retried (never `asyncio.CancelledError`, never a
 `RemoteError`); a server's `Retry-After` is a floor under the backoff; every retry is
-logged by the caller's `on_retry`; `sleep` is injectable so tests never sleep.
+logged by the caller's `on_retry`; `sleep` is injectable so tests never sleep. A policy
+made `until(stop)` ends any backoff wait the moment `stop` is set, with `Interrupted`
+(never retried), so a stopping sender never sits out a backoff of up to `maximum`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -22,7 +25,7 @@ from tenacity import (
 from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
-from transfer.core.errors import TransientError
+from transfer.core.errors import Interrupted, TransientError
 
 Sleep = Callable[[float], Awaitable[None]]
 OnRetry = Callable[[RetryCallState], None]
@@ -52,6 +55,10 @@ class RetryPolicy:
     max_attempts: int | None = None
     sleep: Sleep = asyncio.sleep
 
+    def until(self, stop: asyncio.Event) -> RetryPolicy:
+        """This policy, but its backoff waits end with `Interrupted` once `stop` is set."""
+        return dataclasses.replace(self, sleep=interruptible(self.sleep, stop))
+
     def retrying(self, on_retry: OnRetry) -> AsyncRetrying:
         stop: stop_base = stop_after_delay(self.timeout)
         if self.max_attempts is not None:
@@ -66,3 +73,23 @@ class RetryPolicy:
             before_sleep=on_retry,
             reraise=True,
         )
+
+
+def interruptible(sleep: Sleep, stop: asyncio.Event) -> Sleep:
+    """`sleep`, but raising `Interrupted` as soon as `stop` is set (or if it already is)."""
+
+    async def wait(delay: float) -> None:
+        if stop.is_set():
+            raise Interrupted("stopping: no more retries")
+        sleeper = asyncio.ensure_future(sleep(delay))
+        stopper = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:  # cancelled or not, neither waiter outlives this wait
+            sleeper.cancel()
+            stopper.cancel()
+        if stop.is_set():
+            raise Interrupted("stopping: no more retries")
+        sleeper.result()  # the sleep's own failure, if any
+
+    return wait

@@ -1,15 +1,15 @@
-"""What the sender shows: its own small HTTP server (the brief's "second server") and a
-progress line for people.
+"""What the sender shows: its own small HTTP server (the brief's "second server") and the
+summary line for people (the progress display is `transfer.cli.progress`).
 
 `GET /status` JSON counts by state, bytes and rates; `GET /metrics` Prometheus text;
 `GET /healthz`. Read-only: nothing here changes the journal or the uploads.
+Units: `mb_per_s` in JSON is decimal (10^6 bytes/s, as in docs/benchmarks.md); the lines a
+person reads are binary throughout (MiB and MiB/s), never a mix.
 """
 
 from __future__ import annotations
 
 import statistics
-import sys
-from typing import TextIO
 
 from aiohttp import web
 
@@ -19,6 +19,7 @@ from transfer.core.units import format_size
 from transfer.sender.pipeline import Sender
 
 SENDER = web.AppKey("sender", Sender)
+MiB = 1024 * 1024
 _CONFIRMED, _FAILED = FileState.CONFIRMED.value, FileState.FAILED.value  # keys of counts()
 
 
@@ -40,6 +41,8 @@ def snapshot(sender: Sender) -> dict[str, object]:
         "mb_per_s": round(stats.bytes_sent / elapsed / 1e6, 3),
         "latency_p50_ms": _quantile(latencies, 0.5),
         "latency_p99_ms": _quantile(latencies, 0.99),
+        # `send --watch`: the folder, its backlog and the last file delivered (else null)
+        "watch": sender.watching.status() if sender.watching is not None else None,
     }
 
 
@@ -86,24 +89,19 @@ async def _metrics(request: web.Request) -> web.Response:
     return web.Response(text=m.render(), content_type="text/plain")
 
 
+def mib_per_s(sender: Sender) -> float:
+    """Chunk bytes sent per second since the sender started, in MiB/s."""
+    elapsed = max(sender.clock() - sender.tally.started, 1e-9)
+    return sender.uploader.stats.bytes_sent / elapsed / MiB
+
+
 def summary_line(sender: Sender) -> str:
+    """The last stdout line of `transfer send`, for people: binary units throughout."""
     snap = snapshot(sender)
     files = sender.counts()
     total = sum(files.values())
     return (
         f"{files[_CONFIRMED]}/{total} files confirmed, {files[_FAILED]} failed; "
-        f"{format_size(float(snap['bytes_sent']))} sent in {snap['elapsed_s']} s "  # type: ignore[arg-type]
-        f"({snap['mb_per_s']} MB/s); {snap['retries']} retries, {snap['resumes']} resumes"
+        f"{format_size(sender.uploader.stats.bytes_sent)} sent in {snap['elapsed_s']} s "
+        f"({mib_per_s(sender):.2f} MiB/s); {snap['retries']} retries, {snap['resumes']} resumes"
     )
-
-
-def draw_progress(sender: Sender, target: int | None, stream: TextIO = sys.stderr) -> None:
-    files = sender.counts()
-    total = target or sum(files.values()) or 1
-    done = files[_CONFIRMED]
-    width = 30
-    filled = min(width, width * done // total)
-    bar = "#" * filled + "-" * (width - filled)
-    sent = format_size(sender.uploader.stats.bytes_sent)
-    stream.write(f"\r[{bar}] {done}/{total} files  {sent}  {files[_FAILED]} failed ")
-    stream.flush()

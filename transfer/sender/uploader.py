@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiofiles
+import aiohttp
 import structlog
 import xxhash
 from aiofiles.threadpool.binary import AsyncBufferedReader
@@ -66,6 +67,7 @@ class UploadStats:
     retries: int = 0
     resumes: int = 0
     chunks: int = 0
+    unreachable: bool = False  # in an outage: `server.unreachable` logged, no success since
 
 
 @dataclass(slots=True)
@@ -210,6 +212,7 @@ class Uploader:
         )
         self.stats.bytes_sent += len(data)
         self.stats.chunks += 1
+        self._reachable()
         log.info(
             Event.CHUNK_SENT,
             offset=offset,
@@ -252,10 +255,10 @@ class Uploader:
         first = True
         async for attempt in self.policy.retrying(self._log_retry):
             with attempt:
-                if first:
-                    first = False
-                    return await step()
-                return await self._resync(entry)
+                progress = await (step() if first else self._resync(entry))
+                self._reachable()
+                return progress
+            first = False
         raise AssertionError("unreachable: tenacity reraises")
 
     async def _resync(self, entry: JournalEntry) -> Progress:
@@ -273,6 +276,28 @@ class Uploader:
             wait=round(state.upcoming_sleep, 3),
             elapsed=round(state.seconds_since_start or 0.0, 3),
         )
+        self._note_outage(error, state)
+
+    def _note_outage(self, error: BaseException | None, state: RetryCallState) -> None:
+        """`server.unreachable` once per outage, whichever worker meets it first (the
+        stats are shared); `_reachable` ends the outage at the next success."""
+        if not self.stats.unreachable and _unreachable(error):
+            self.stats.unreachable = True
+            left = max(self.policy.timeout - (state.seconds_since_start or 0.0), 0.0)
+            reason = str(error.__cause__ if error and error.__cause__ else error)
+            log.warning(Event.SERVER_UNREACHABLE, reason=reason, retry_for=round(left, 3))
+
+    def _reachable(self) -> None:
+        if self.stats.unreachable:
+            self.stats.unreachable = False
+            log.info(Event.SERVER_REACHABLE)
+
+
+def _unreachable(error: BaseException | None) -> bool:
+    """A retry because no connection could be made at all (refused, no route, DNS,
+    connect timeout), as opposed to a server that answered with an error."""
+    cause = error.__cause__ if isinstance(error, TransientError) else None
+    return isinstance(cause, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError)
 
 
 def auto_chunk_size(size: int) -> int:
@@ -293,8 +318,12 @@ async def _read(source: Reader, offset: int, size: int, entry: JournalEntry) -> 
 
 
 def _announce(entry: JournalEntry) -> Announce:
-    """The upload's parameters, the same in a POST and in a creating PUT."""
-    return Announce(entry.name, {"dtype": entry.dtype}, bytes.fromhex(entry.digest))
+    """The upload's parameters, the same in a POST and in a creating PUT. A watched
+    file's metadata also carries its path relative to the watched folder and version."""
+    metadata = {"dtype": entry.dtype}
+    if entry.rel is not None:
+        metadata |= {"path": entry.rel, "version": str(entry.version or 1)}
+    return Announce(entry.name, metadata, bytes.fromhex(entry.digest))
 
 
 def _bind(

@@ -2,11 +2,13 @@
 
 The handlers are thin shells that translate HTTP to and from `transfer.core` values
 and `UploadStore` calls and never touch the disk themselves: `native.py` (POST, PUT),
-`views.py` (HEAD, GET, DELETE, files, health, metrics); they ask `admission.py` for
-locks, slots and space. `docs/protocol.md` is the contract. Invariants: every refusal
-is `application/problem+json` with a stable `code` (`middleware.py`); every request is
-logged with its `request_id`; with `token` set nothing but `/healthz` (and `/metrics`
-unless protected) answers without it (`auth.py`).
+`views.py` (HEAD, GET, DELETE, files, health, metrics), `tus.py` (tus 1.0 under
+`--tus-path`); they ask `admission.py` for locks, slots and space; `cors.py` lets
+browsers on `--cors-origin` origins use the upload endpoints. `docs/protocol.md` is
+the contract. Invariants: every refusal is `application/problem+json` with a stable
+`code` (`middleware.py`); every request is logged with its `request_id`; with `token`
+set nothing but `/healthz` (and `/metrics` unless protected) and CORS preflights
+answer without it (`auth.py`).
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ from aiohttp.typedefs import Middleware
 
 from transfer.common.metrics import Metrics
 from transfer.server.auth import bearer_middleware
+from transfer.server.cors import cors_middleware
 from transfer.server.expiry import sweep_forever
 from transfer.server.middleware import context_middleware, problems_middleware
 from transfer.server.native import create_upload, put_chunk
 from transfer.server.state import STATE, MiB, ServerConfig, ServerState
+from transfer.server.tus import add_tus_routes
 from transfer.server.views import delete_upload, get_file, get_upload, head_upload, healthz, metrics
 from transfer.store.base import ServerStore
 
@@ -36,7 +40,12 @@ __all__ = ["STATE", "ServerConfig", "ServerState", "make_app"]
 def make_app(store: ServerStore, config: ServerConfig | None = None) -> web.Application:
     state = ServerState(store, config or ServerConfig())
     _describe_metrics(state.metrics)
-    middlewares: list[Middleware] = [context_middleware, problems_middleware(state.metrics)]
+    middlewares: list[Middleware] = [context_middleware]
+    if state.config.cors_origins:
+        # Outside problems_middleware, so refusals carry CORS headers too; outside the
+        # bearer check, so a preflight (never credentialed) is answered.
+        middlewares.append(cors_middleware(state.config.cors_origins, _upload_paths(state)))
+    middlewares.append(problems_middleware(state.metrics))
     if state.config.token is not None:
         middlewares.append(
             bearer_middleware(state.config.token, protect_metrics=state.config.protect_metrics)
@@ -52,7 +61,17 @@ def make_app(store: ServerStore, config: ServerConfig | None = None) -> web.Appl
     app.router.add_get("/files/{upload_id}", get_file)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
+    if state.config.tus_path is not None:
+        add_tus_routes(app, state.config.tus_path)
     return app
+
+
+def _upload_paths(state: ServerState) -> list[str]:
+    """Path prefixes of the upload endpoints (every front-end's), for CORS."""
+    prefixes = ["/uploads", "/files/"]
+    if state.config.tus_path is not None:
+        prefixes.append(state.config.tus_path.rstrip("/"))
+    return prefixes
 
 
 async def _sweeper(app: web.Application) -> AsyncIterator[None]:

@@ -20,6 +20,7 @@ import json
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 
 import structlog
 from aiohttp import web
@@ -54,9 +55,14 @@ class _Generic(ProtocolError):
         self.status, self.title, self.code = status, title, code
 
 
+_NAMED_STATUSES = frozenset(status.value for status in HTTPStatus)
+
+
 def problem_response(exc: ProtocolError) -> web.Response:
     response = web.Response(
         status=exc.status,
+        # A status HTTP does not name (tus's 460) would go out with an empty reason phrase.
+        reason=None if exc.status in _NAMED_STATUSES else exc.title,
         text=json.dumps(exc.problem()),
         content_type=PROBLEM,
         headers=exc.headers,

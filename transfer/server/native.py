@@ -12,12 +12,9 @@ Invariants:
 
 from __future__ import annotations
 
-import asyncio
 import json
 import secrets
-from collections.abc import AsyncIterator
 
-import aiohttp
 import structlog
 from aiohttp import web
 
@@ -29,11 +26,11 @@ from transfer.core.errors import (
     NotFound,
     PayloadTooLarge,
     ProtocolError,
-    RequestTimeout,
 )
 from transfer.core.events import Event
 from transfer.core.lifecycle import Trigger, stage_of
 from transfer.core.records import UploadInfo, UploadSpec
+from transfer.server.body import request_body
 from transfer.server.middleware import BYTES, bind_upload_id
 from transfer.server.state import STATE, ServerConfig, ServerState
 from transfer.server.views import (
@@ -220,7 +217,7 @@ async def _receive(
     upload_id = info.spec.upload_id
     try:
         async with state.admission.receiving(plan.write):
-            body = _body(request, state.config)
+            body = request_body(request, state.config)
             return await state.store.write_chunk(upload_id, plan, body, content_digest)
     finally:
         # Counted however the chunk ended: bytes of a broken-off body may be kept.
@@ -228,36 +225,6 @@ async def _receive(
         written = (after.state.offset if after else info.state.offset) - info.state.offset
         request[BYTES] = written
         state.metrics.inc("transfer_bytes_received_total", written)
-
-
-async def _body(request: web.Request, config: ServerConfig) -> AsyncIterator[bytes]:
-    """The request body. Each read is bounded by the idle timeout, and once that much
-    time has passed the body must average `min_rate` bytes/s: a client trickling a byte
-    at a time cannot hold an upload slot for ever."""
-    idle, min_rate, clock = config.idle_timeout, config.min_rate, config.monotonic
-    started, received = clock(), 0
-    while data := await _read_some(request, idle, received):
-        received += len(data)
-        elapsed = clock() - started
-        if elapsed > idle and received < min_rate * elapsed:
-            log.warning(Event.UPLOAD_TOO_SLOW, received=received)
-            raise RequestTimeout(Code.BODY_TOO_SLOW, f"the body is slower than {min_rate} B/s")
-        yield data
-
-
-async def _read_some(request: web.Request, idle: float, received: int) -> bytes:
-    """The next bytes of the body (b"" at its end), within `idle` seconds."""
-    try:
-        async with asyncio.timeout(idle):
-            return await request.content.readany()
-    except TimeoutError as exc:
-        log.warning(Event.UPLOAD_STALLED, idle=idle)
-        raise RequestTimeout(Code.BODY_STALLED, f"no body bytes for {idle} s") from exc
-    except (ConnectionError, aiohttp.ClientPayloadError) as exc:
-        # The client went away mid-body: nobody hears the answer, but the log should say
-        # what happened, not report a crash.
-        log.info(Event.UPLOAD_DISCONNECTED, received=received)
-        raise BadRequest(Code.BODY_INCOMPLETE, "the connection closed mid-body") from exc
 
 
 async def _finalize(state: ServerState, upload_id: str) -> UploadInfo:

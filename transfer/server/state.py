@@ -35,6 +35,8 @@ class ServerConfig:
     retry_after: int = 1
     token: str | None = None  # bearer token; None: no authentication (loopback use)
     protect_metrics: bool = False
+    tus_path: str | None = "/tus/"  # the tus 1.0 front-end's base path; None: no tus
+    cors_origins: tuple[str, ...] = ()  # origins browsers may upload from ("*": any)
     clock: Callable[[], float] = time.time  # wall clock, for expiry
     monotonic: Callable[[], float] = time.monotonic  # for a body's average rate
 

@@ -22,7 +22,11 @@ from transfer.core.records import UploadSpec
 
 
 def whole_algorithms(spec: UploadSpec) -> list[str]:
-    """xxh3-128 and every declared algorithm; md5 too when none was declared."""
+    """xxh3-128 and every declared algorithm; for native uploads md5 too when none was
+    declared; for every other front-end (tus) sha-256 too, always."""
+    if spec.protocol != "native":
+        # tus has no whole-file digest: the record carries a strong one to compare with.
+        return sorted({integrity.PREFERRED, "sha-256", *spec.repr_digest})
     algorithms = sorted({integrity.PREFERRED, *spec.repr_digest})
     if not spec.repr_digest:
         algorithms.append("md5")  # GCS clients read md5Hash back; ours declare a digest
