@@ -28,6 +28,8 @@ The last stdout line is one JSON object: cycles, kills per side, files expected,
 confirmed, lost, corrupted, duplicated, bytes re-sent, wall time, violations. Everything
 is bounded in time and talks to 127.0.0.1 only.
 
+`--protocol native|tus|ietf` (default native) picks the sender's upload protocol.
+
 The runner itself is the package `transfer.testing.chaos` (config, moments, uploads,
 offsets, run, invariants, cli), built on the one process harness
 `transfer.testing.harness`; this file is only its entry point.

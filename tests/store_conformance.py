@@ -33,7 +33,7 @@ from transfer.core.errors import (
 )
 from transfer.core.protocol import ChunkPlan, ChunkRange, plan_chunk
 from transfer.core.records import UploadInfo, UploadSpec
-from transfer.store.base import ServerStore
+from transfer.store.base import CountedStore, ServerStore, StoreCounts
 
 
 class StoreFactory(Protocol):
@@ -117,6 +117,17 @@ async def published(store: ServerStore, upload_id: str) -> bytes | None:
 
 def assert_code(exc: pytest.ExceptionInfo[ProtocolError], code: Code) -> None:
     assert exc.value.code == code, exc.value
+
+
+def counts(store: ServerStore) -> StoreCounts:
+    assert isinstance(store, CountedStore), f"{type(store).__name__} must be a CountedStore"
+    return store.counts()
+
+
+async def complete(store: ServerStore, upload_id: str, data: bytes) -> None:
+    await store.create(UploadSpec(upload_id, f"{upload_id}.bin", len(data), {"n": upload_id}))
+    await write(store, upload_id, data, 0, len(data), pieces=1)
+    await store.finalize(upload_id)
 
 
 class StoreConformance:
@@ -458,3 +469,32 @@ class StoreConformance:
         await store.delete("b")
         assert store.partial_bytes == 0
         assert stores.open().partial_bytes == 0
+
+    # --- history ------------------------------------------------------------------------
+
+    async def test_start_up_reads_no_completed_records(self, stores: StoreFactory) -> None:
+        """Opening reads what is unfinished, never the records of completed uploads: the
+        records read by a start-up are the same after 3 completed uploads and after 40
+        (counted, not timed); the records are still read, one by one, when asked for."""
+        store = stores.open()
+        for n in range(2):
+            await store.create(UploadSpec(f"partial{n}", size=100))
+            await write(store, f"partial{n}", payload(10 + n), 0, 100)
+        read_at_start, made = [], 0
+        for done in (3, 40):
+            for n in range(made, done):
+                await complete(store, f"done{n}", payload(50, seed=n))
+            made = done
+            store = stores.open()
+            read_at_start.append(counts(store).records_read)
+        assert read_at_start[0] == read_at_start[1] <= 2, read_at_start
+        assert counts(store).partials == 2
+        for n in range(40):
+            before = counts(store).records_read
+            info = await store.get(f"done{n}")
+            assert info is not None and info.record is not None
+            assert (info.record.size, dict(info.record.metadata)) == (50, {"n": f"done{n}"})
+            assert counts(store).records_read == before + 1  # read on demand, once
+            assert await published(store, f"done{n}") == payload(50, seed=n)
+        assert counts(store).cached <= max(counts(store).cache_capacity, 0)
+        assert await offset(store, "partial1") == 11

@@ -21,6 +21,8 @@ LEGAL = {
     (F, FileEvent.REQUEUED): F,
     (G, FileEvent.DIGEST_MATCHED): C,
     (F, FileEvent.DIGEST_MATCHED): C,
+    (G, FileEvent.PROTOCOL_CHECKED): C,
+    (F, FileEvent.PROTOCOL_CHECKED): C,
     **{(G, event): F for event in _FAILING},
     **{(F, event): F for event in _FAILING},
 }
@@ -91,8 +93,9 @@ def test_random_event_sequences_keep_the_invariants(events: list[FileEvent]) -> 
     # Nothing leads back to GENERATED: it is only ever a prefix of the history.
     generated = [state is G for state in walk.history]
     assert generated == sorted(generated, reverse=True)
-    # Only a matching digest confirms.
-    assert (C in walk.history) == (FileEvent.DIGEST_MATCHED in events)
+    # Only a matching digest, or the checks a protocol without one allows, confirms.
+    confirming = {FileEvent.DIGEST_MATCHED, FileEvent.PROTOCOL_CHECKED}
+    assert (C in walk.history) == bool(confirming & set(events))
 
 
 @given(st.sampled_from(FileState), st.lists(st.sampled_from(FileEvent), max_size=20))

@@ -56,6 +56,7 @@ from transfer.core import integrity, protocol
 from transfer.core.errors import ProtocolError
 from transfer.server.app import ServerConfig, make_app
 from transfer.store.filestore import FileStore
+from transfer.store.recordtree import shard_of
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -351,14 +352,17 @@ def _owner(relative: str) -> str:
 
 def _check_layout(data_dir: Path, snapshot: dict[str, bytes]) -> None:
     assert [p.name for p in data_dir.parent.iterdir()] == [data_dir.name]
-    assert {p.name for p in data_dir.iterdir()} == {"uploads", "files"}
+    assert {p.name for p in data_dir.iterdir()} == {"uploads", "records", "files"}
     for relative in snapshot:
-        folder, name = relative.split("/")
-        if folder == "uploads":
+        folder, *shard, name = relative.split("/")
+        if folder == "records":  # records/ab/cd/{id}.json, ab/cd a hash of the id
+            stem = name.removesuffix(".json")
+            assert tuple(shard) == shard_of(stem) and VALID_ID.fullmatch(stem), relative
+        elif folder == "uploads":
             stem, dot, suffix = name.rpartition(".")
             assert dot and suffix in ("json", "part") and VALID_ID.fullmatch(stem), relative
         else:
-            assert folder == "files" and VALID_ID.fullmatch(name), relative
+            assert folder == "files" and not shard and VALID_ID.fullmatch(name), relative
 
 
 def _check_others_unchanged(

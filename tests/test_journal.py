@@ -393,7 +393,7 @@ async def test_a_failed_write_stops_the_journal_until_reopened(
 
     journal = FileJournal.open(tmp_path)
     await journal.record(entry(0))
-    monkeypatch.setattr(journal_module, "_write_durably", part_then_enospc)
+    monkeypatch.setattr(journal_module, "write_durably", part_then_enospc)
     with pytest.raises(JournalError, match="write failed"):
         await asyncio.gather(journal.record(entry(1)), journal.record(entry(2)))
     monkeypatch.undo()

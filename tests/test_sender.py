@@ -41,6 +41,7 @@ from transfer.sender.status import make_status_app
 from transfer.sender.uploader import Uploader
 from transfer.server.app import make_app
 from transfer.store.filestore import FileStore
+from transfer.store.recordtree import RecordTree
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -264,7 +265,7 @@ def test_status_and_verify(
     # The server loses one file's record (and its bytes), then comes back.
     lost = sorted(entries)[1]
     server.kill()
-    (server.data_dir / "uploads" / f"{lost}.json").unlink()
+    Path(RecordTree(server.data_dir / "records", durable=False).path(lost)).unlink()
     (server.data_dir / "files" / lost).unlink()
     restarted = launch.serve(server.data_dir)
     bad = run_transfer("verify", "--spool-dir", str(spool), "--server", restarted.url)

@@ -115,6 +115,7 @@ async def test_chunk_sent_and_upload_confirmed_carry_the_file_id(
         "log_level": "info",
         "file_id": "run-00000",
         "size": len(data),
+        "verified": "whole-file-digest",  # our server offers the file's digest
     }
     assert "file_id" not in structlog.contextvars.get_contextvars()  # nothing leaks out
 

@@ -43,7 +43,7 @@ def launch(tmp_path: Path) -> Iterator[Harness]:
 def published(data_dir: Path) -> dict[str, list[bytes]]:
     """Every published file on the server's disk by record name, versions in order."""
     found: dict[str, list[tuple[int, bytes]]] = {}
-    for record in (data_dir / "uploads").glob("*.json"):
+    for record in (data_dir / "records").glob("*/*/*.json"):  # records/ab/cd/{id}.json
         doc = json.loads(record.read_text())
         body = data_dir / "files" / doc["id"]
         if doc.get("complete") and body.is_file():

@@ -7,9 +7,10 @@ Invariants:
 - `--server` is a base URL (the client appends `/uploads/...`); a path prefix is allowed
   (a reverse proxy), but one that runs into our own endpoints is refused with the base
   URL to use instead.
-- `read_spool` reads a journal without its lock and without writing (no lock file, no
-  torn-tail truncation), so `status` and `verify` work beside a running sender and never
-  make a spool; a missing spool or journal is a `ConfigError`.
+- `read_spool` / `view_spool` read a journal (checkpoint and log) without its lock and
+  without writing (no lock file, no torn-tail truncation, no finishing of a compaction),
+  so `status` and `verify` work beside a running sender and never make a spool; a
+  missing spool or journal is a `ConfigError`. `view_spool` decodes no folded record.
 - `Signals`: the first SIGINT or SIGTERM prints one line on stderr and asks the sender
   to stop (it returns within its drain budget); a second one ends the process at once
   with `os._exit`, which is no worse than a kill -9: every acknowledged journal record
@@ -26,15 +27,18 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import structlog
 
-from transfer.core.errors import ConfigError, JournalError
+from transfer.core.errors import ConfigError
 from transfer.core.events import Event
-from transfer.sender.journal import LOG_NAME, JournalEntry, decode_record, scan_frames
+from transfer.sender.folding import decode_at, folded_entries
+from transfer.sender.journal import LOG_NAME, JournalEntry, Record
 from transfer.sender.reasons import Reason
+from transfer.sender.recovery import Replay, replay
 
 TOKEN_ENV = "TRANSFER_TOKEN"
 ENDPOINTS = frozenset({"uploads", "files", "metrics"})  # paths under the server's base URL
@@ -195,9 +199,40 @@ def check_server_url(url: str) -> None:
         raise ConfigError(f"--server takes the server's base URL, not {url!r}: try --server {base}")
 
 
+@dataclass(frozen=True, slots=True)
+class SpoolView:
+    """A spool's journal as read: the entries not folded into its checkpoint (every
+    unconfirmed one), the meta settings, and how many confirmed files are folded."""
+
+    spool: Path
+    state: Replay[Record]
+    live: list[JournalEntry]
+    meta: dict[str, str]
+
+    @property
+    def folded(self) -> int:
+        ids = self.state.folded.ids
+        return len(ids) - sum(e.file_id in ids for e in self.live)  # re-recorded since
+
+    def entries(self) -> list[JournalEntry]:
+        """Every entry (decodes the folded ones: as costly as the journal is long)."""
+        if not self.state.folded.ids:
+            return self.live
+        folded = folded_entries(self.spool, self.state.folded)
+        live = {e.file_id: e for e in self.live}
+        return [live.get(i, e) for i, e in folded.items()] + [
+            e for i, e in live.items() if i not in folded
+        ]
+
+
 def read_spool(spool: Path) -> tuple[list[JournalEntry], dict[str, str]]:
-    """The entries and meta settings of the journal in `spool`, read as they are,
-    changing nothing.
+    """Every entry and the meta settings of the journal in `spool` (see `view_spool`)."""
+    view = view_spool(spool)
+    return view.entries(), view.meta
+
+
+def view_spool(spool: Path) -> SpoolView:
+    """The journal in `spool` (checkpoint and log), read as it is, changing nothing.
 
     A torn last record (a sender writing right now) is left out, as recovery would.
 
@@ -215,17 +250,12 @@ def read_spool(spool: Path) -> tuple[list[JournalEntry], dict[str, str]]:
         raise ConfigError(f"--spool-dir {spool} holds no sender journal ({LOG_NAME})") from None
     except OSError as exc:
         raise ConfigError(f"--spool-dir {spool}: cannot read {LOG_NAME}: {exc.strerror}") from exc
-    frames, _ = scan_frames(data, source=str(path))
+    state = replay(spool, data, decode_at)
     entries: dict[str, JournalEntry] = {}
     meta: dict[str, str] = {}
-    for offset, payload in frames:
-        try:
-            record = decode_record(payload)
-        except (ValueError, TypeError) as exc:
-            raise JournalError(f"{path}: unreadable record at byte {offset}: {exc}") from exc
-        # Later records supersede earlier ones, in first-seen order (as `FileJournal`).
+    for record in state.records:  # later records supersede earlier ones (as `FileJournal`)
         if isinstance(record, JournalEntry):
             entries[record.file_id] = record
         else:
             meta[record.key] = record.value
-    return list(entries.values()), meta
+    return SpoolView(spool, state, list(entries.values()), meta)

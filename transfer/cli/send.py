@@ -12,6 +12,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeAlias
+from urllib.parse import urlsplit
 
 import aiohttp
 import structlog
@@ -27,6 +28,7 @@ from transfer.cli.common import (
     exit_status,
     read_spool,
     token_of,
+    view_spool,
 )
 from transfer.cli.watchflags import add_watch_flags, watch_config
 from transfer.common.http import new_session
@@ -35,18 +37,21 @@ from transfer.core.errors import ConfigError, TransferError
 from transfer.core.events import Event
 from transfer.core.filestate import FileState
 from transfer.sender import status
-from transfer.sender.client import Corruptor, UploadClient
+from transfer.sender.client import Client, Corruptor, UploadClient
 from transfer.sender.generator import GeneratorConfig
+from transfer.sender.ietfclient import IetfClient
 from transfer.sender.intake import WATCHED_DIR, watch_summary
 from transfer.sender.journal import FileJournal, JournalEntry
 from transfer.sender.pipeline import Sender, SenderConfig, prepare_journal
 from transfer.sender.reasons import Reason
 from transfer.sender.retry import RetryPolicy
+from transfer.sender.tusclient import TusClient
 from transfer.sender.uploader import Uploader
 
 log = structlog.get_logger("transfer.send")
 KiB = 1024
 _SPOOL_HELP = "the sender's journal and generated files live here"
+PROTOCOLS = ("native", "tus", "ietf")
 # Any: the subparsers are the CLI's own ArgumentParser subclass.
 Sub: TypeAlias = "argparse._SubParsersAction[Any]"
 
@@ -60,6 +65,13 @@ def add_parsers(
     p = sub.add_parser("send", help="generate (or take) files and upload them")
     p.add_argument("paths", nargs="*", type=Path, help="send these files/directories instead")
     p.add_argument("--server", required=True, help="e.g. http://127.0.0.1:8000")
+    p.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default="native",
+        help="upload protocol; tus, ietf: the endpoint is --server's path, else /tus/ or"
+        " /resumable/",
+    )
     _add_connection(p)
     p.add_argument("--spool-dir", type=Path, required=True, help=_SPOOL_HELP)
     p.add_argument(
@@ -121,6 +133,13 @@ def add_parsers(
         default="auto",
         help="a progress display on stderr (auto: when it is a terminal; logs then go to a file)",
     )
+    p.add_argument(
+        "--journal-compact-at",
+        type=size,
+        default="4MiB",
+        metavar="SIZE",
+        help="compact the journal (fold confirmed files into journal.ckpt) past this log size",
+    )
     add_watch_flags(p, duration)
     add_logging(p)
     p.set_defaults(run=run_send)
@@ -149,13 +168,42 @@ def _check_send_args(args: argparse.Namespace) -> None:
         raise ConfigError("--chunk-size must be a positive multiple of 256KiB")
     if args.concurrency < 1:
         raise ConfigError("--concurrency must be at least 1")
+    if args.journal_compact_at < 1:
+        raise ConfigError("--journal-compact-at must be at least 1 byte")
     if not 0.0 <= args.inject_corruption <= 1.0:
         raise ConfigError("--inject-corruption must be between 0 and 1")
-    check_server_url(args.server)
+    _check_protocol(args.protocol, args.server)
     if not 0 <= args.status_port <= 65535:
         raise ConfigError("--status-port must be 0-65535")
     check_readable(args.paths)
     check_dir("--spool-dir", args.spool_dir, inside=("files",))
+
+
+def _check_protocol(protocol: str, server: str) -> None:
+    """Raises ConfigError for a --server the protocol cannot use."""
+    if protocol == "native":
+        check_server_url(server)
+    elif urlsplit(server).scheme not in ("http", "https") or not urlsplit(server).netloc:
+        raise ConfigError(f"--server must be an http:// or https:// URL, not {server!r}")
+
+
+def _client(args: argparse.Namespace, session: aiohttp.ClientSession, seed: int) -> Client:
+    """The `Client` of --protocol (with the --inject-corruption demo when asked)."""
+    corruptor = Corruptor(args.inject_corruption, seed) if args.inject_corruption else None
+    if args.protocol == "tus":
+        return TusClient(session, tus_endpoint(args.server, "/tus/"), corruptor=corruptor)
+    if args.protocol == "ietf":
+        endpoint = tus_endpoint(args.server, "/resumable/")
+        return IetfClient(session, endpoint, corruptor=corruptor)
+    return UploadClient(session, args.server, corruptor=corruptor)
+
+
+def tus_endpoint(server: str, default: str = "/tus/") -> str:
+    """The creation URL of tus or IETF: --server itself when it has a path, else
+    `{server}{default}` (`transfer serve`'s --tus-path /tus/, --ietf-path /resumable/)."""
+    if urlsplit(server).path.strip("/"):
+        return server
+    return server.rstrip("/") + default
 
 
 def run_send(args: argparse.Namespace) -> int:
@@ -188,11 +236,10 @@ def _session(args: argparse.Namespace, concurrency: int) -> aiohttp.ClientSessio
 async def _send(args: argparse.Namespace, config: SenderConfig) -> int:
     signals = Signals(config.spool_dir)
     signals.install()  # first, so that no signal finds the default handlers
-    with _open_journal(config.spool_dir) as journal:
+    with _open_journal(config.spool_dir, args.journal_compact_at) as journal:
         seed = await prepare_journal(journal, args.seed)
         async with _session(args, config.concurrency) as session:
-            corruptor = Corruptor(args.inject_corruption, seed) if args.inject_corruption else None
-            client = UploadClient(session, args.server, corruptor=corruptor)
+            client = _client(args, session, seed)
             uploader = Uploader(client, args.chunk_size, RetryPolicy(timeout=args.retry_timeout))
             sender = Sender(config, journal, uploader)
             signals.attach(lambda sig: sender.request_stop(Reason.SIGNAL, signal=sig.name))
@@ -209,9 +256,9 @@ async def _send(args: argparse.Namespace, config: SenderConfig) -> int:
     return 0 if ok else 1
 
 
-def _open_journal(spool: Path) -> FileJournal:
+def _open_journal(spool: Path, compact_at: int) -> FileJournal:
     try:
-        return FileJournal.open(spool)
+        return FileJournal.open(spool, compact_at=compact_at)
     except OSError as exc:
         raise ConfigError(f"--spool-dir {spool}: {exc.strerror}: {exc.filename}") from exc
 
@@ -253,18 +300,21 @@ async def _run_with_signals(sender: Sender, display: tuple[progress.Display, str
 
 
 def run_status(args: argparse.Namespace) -> int:
-    entries, meta = read_spool(args.spool_dir)  # never creates, locks or changes a spool
-    if args.json:
-        for e in entries:
+    view = view_spool(args.spool_dir)  # never creates, locks or changes a spool
+    if args.json:  # every file, folded ones too
+        for e in view.entries():
             print(json.dumps(_entry_json(e)))
         return 0
     print(f"{'id':<24} {'state':<10} {'size':>10}  name / reason")
-    for e in entries:
+    for e in view.live:
         print(f"{e.file_id:<24} {e.state.value:<10} {e.size:>10}  {e.reason or e.name}")
-    counts = {s.value: sum(e.state is s for e in entries) for s in FileState}
+    if view.folded:
+        print(f"{view.folded} confirmed files folded into journal.ckpt (--json lists them)")
+    counts = {s.value: sum(e.state is s for e in view.live) for s in FileState}
+    counts[FileState.CONFIRMED.value] += view.folded
     print(", ".join(f"{n} {state}" for state, n in counts.items()))
-    if WATCHED_DIR in meta:
-        print(watch_summary(meta, entries))
+    if WATCHED_DIR in view.meta:
+        print(watch_summary(view.meta, view.entries()))
     return 0
 
 
@@ -280,6 +330,8 @@ def _entry_json(entry: JournalEntry) -> dict[str, object]:
         "server_digest": entry.server_digest,
         "reason": entry.reason,
         **({"rel": entry.rel, "version": entry.version} if entry.rel is not None else {}),
+        **({"upload_url": entry.upload_url} if entry.upload_url is not None else {}),
+        **({"verified": entry.verified} if entry.verified is not None else {}),
     }
 
 

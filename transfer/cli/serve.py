@@ -27,9 +27,10 @@ from transfer.server.connections import (
 from transfer.server.connlimit import LimitedTCPSite, default_max_connections, ensure_fd_limit
 from transfer.server.cors import cors_origins
 from transfer.server.forwarded import client_middleware
+from transfer.server.ietf_request import ietf_base_path
 from transfer.server.middleware import AccessLogger
 from transfer.server.tus import tus_base_path
-from transfer.store.filestore import FileStore
+from transfer.store.filestore import DEFAULT_CACHE_SIZE, FileStore
 
 log = structlog.get_logger("transfer.serve")
 # Any: the subparsers are the CLI's own ArgumentParser subclass.
@@ -46,7 +47,10 @@ def add_parser(
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     p.add_argument(
-        "--data-dir", type=Path, required=True, help="uploads/ (partial) and files/ (published)"
+        "--data-dir",
+        type=Path,
+        required=True,
+        help="uploads/ (unfinished), records/ (completed) and files/ (published)",
     )
     p.add_argument("--max-chunk", type=size, default="64MiB", help="largest chunk body")
     p.add_argument("--max-upload", type=size, default="64GiB", help="largest upload")
@@ -84,6 +88,21 @@ def add_parser(
     p.add_argument("--reserve", type=size, default="256MiB", help="disk space kept free")
     p.add_argument("--partial-ttl", type=duration, default="24h", help="idle partials expire")
     p.add_argument(
+        "--record-ttl",
+        type=_keep_or(duration),
+        default=None,
+        metavar="DURATION",
+        help="remove the records of uploads completed longer ago than this (HEAD answers 404 "
+        "after); their files stay in files/ (default: keep)",
+    )
+    p.add_argument(
+        "--cache-size",
+        type=int,
+        default=DEFAULT_CACHE_SIZE,
+        help="completed uploads' records kept in memory, least recently used dropped first "
+        f"(default: {DEFAULT_CACHE_SIZE})",
+    )
+    p.add_argument(
         "--fsync",
         choices=("always", "never"),
         default="always",
@@ -100,6 +119,15 @@ def add_parser(
         help="base path of the tus 1.0 front-end (default: /tus/)",
     )
     p.add_argument("--no-tus", action="store_true", help="switch the tus 1.0 front-end off")
+    p.add_argument(
+        "--ietf-path",
+        default="/resumable/",
+        metavar="PATH",
+        help="base path of the IETF resumable-upload (draft) front-end (default: /resumable/)",
+    )
+    p.add_argument(
+        "--no-ietf", action="store_true", help="switch the IETF resumable-upload front-end off"
+    )
     p.add_argument(
         "--cors-origin",
         action="append",
@@ -118,9 +146,14 @@ def _config(args: argparse.Namespace) -> ServerConfig:
         raise ConfigError("--port must be 0-65535")
     if args.idle_timeout <= 0 or args.partial_ttl <= 0:
         raise ConfigError("--idle-timeout and --partial-ttl must be positive")
+    if args.record_ttl is not None and args.record_ttl <= 0:
+        raise ConfigError("--record-ttl must be positive (or 'keep')")
+    if args.cache_size < 0:
+        raise ConfigError("--cache-size must be 0 or more")
     token = token_of(args)
     if token is not None and len(token) < 16:
         raise ConfigError("the token must be at least 16 characters")
+    tus_path = None if args.no_tus else tus_base_path(args.tus_path)
     return ServerConfig(
         max_chunk=args.max_chunk,
         max_upload=args.max_upload,
@@ -130,11 +163,22 @@ def _config(args: argparse.Namespace) -> ServerConfig:
         max_partial=args.max_partial,
         reserve=args.reserve,
         partial_ttl=args.partial_ttl,
+        record_ttl=args.record_ttl,
         token=token,
         protect_metrics=args.protect_metrics,
-        tus_path=None if args.no_tus else tus_base_path(args.tus_path),
+        tus_path=tus_path,
+        ietf_path=None if args.no_ietf else ietf_base_path(args.ietf_path, tus_path=tus_path),
         cors_origins=cors_origins(args.cors_origin or []),
     )
+
+
+def _keep_or(duration: Callable[[str], float]) -> Callable[[str], float | None]:
+    """`keep` (None: never removed) or a duration."""
+
+    def parse(text: str) -> float | None:
+        return None if text == "keep" else duration(text)
+
+    return parse
 
 
 def _network(text: str) -> object:
@@ -171,8 +215,8 @@ def _tls(args: argparse.Namespace) -> ssl.SSLContext | None:
 def run(args: argparse.Namespace) -> int:
     config = _config(args)
     context = _tls(args)
-    check_dir("--data-dir", args.data_dir, inside=("uploads", "files"))
-    store = FileStore(args.data_dir, durable=args.fsync == "always")
+    check_dir("--data-dir", args.data_dir, inside=("uploads", "files", "records"))
+    store = FileStore(args.data_dir, durable=args.fsync == "always", cache_size=args.cache_size)
     limits = _limits(args)
     asyncio.run(_serve(store, config, args.host, args.port, context=context, limits=limits))
     return 0
@@ -193,6 +237,8 @@ async def _serve(
         raise ConfigError(
             f"--data-dir {store.files_dir.parent}: {exc.strerror}: {exc.filename}"
         ) from exc
+    if store.migrated:
+        log.info(Event.STORE_MIGRATED, records=store.migrated)
     # keepalive_timeout: an idle kept-alive connection is closed after 75 s instead of
     # aiohttp's AppRunner default of an hour, so idle sockets cannot pile up.
     app = make_app(store, config)

@@ -101,6 +101,11 @@ class Code(enum.StrEnum):
     UPLOAD_LENGTH_EXCEEDED = "upload_length_exceeded", 413, "Payload Too Large"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type", 415, "Unsupported Media Type"
     CHECKSUM_MISMATCH = "checksum_mismatch", 460, "Checksum Mismatch"
+    # IETF resumable uploads (core/ietf.py, server/ietf.py)
+    UPLOAD_COMPLETE_REQUIRED = "upload_complete_required", 400, "Bad Request"
+    INTEROP_VERSION_UNSUPPORTED = "interop_version_unsupported", 400, "Bad Request"
+    INCONSISTENT_UPLOAD_LENGTH = "inconsistent_upload_length", 400, "Bad Request"
+    UPLOAD_CONCAT_UNSUPPORTED = "upload_concat_unsupported", 400, "Bad Request"
     # CORS (server/cors.py): a preflight from an origin not given to --cors-origin
     ORIGIN_NOT_ALLOWED = "origin_not_allowed", 403, "Forbidden"
     # 5xx: the server could not, this time

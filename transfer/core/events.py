@@ -29,6 +29,12 @@ class Event(enum.StrEnum):
     UPLOAD_DISCONNECTED = "upload.disconnected"
     DIGEST_MISMATCH = "digest.mismatch"
     UPLOAD_CONCATENATED = "upload.concatenated"  # tus: a final upload built from partials
+    # the S3 + PostgreSQL store (store/s3/)
+    STORE_REHASHED = "store.rehashed"  # a whole file hashed from S3 (after a fail-over)
+    STORE_CLEANUP_FAILED = "store.cleanup_failed"  # an orphan left for the sweep
+    STORE_ORPHANS_REMOVED = "store.orphans_removed"  # the sweep removed some
+    RECORD_EXPIRED = "record.expired"  # --record-ttl removed a completed upload's record
+    STORE_MIGRATED = "store.migrated"  # start-up moved flat-layout records into records/
     # the connection layer (server/connlimit.py): rate-limited, never one line per connection
     CONNECTION_REFUSED = "connection.refused"  # once per reason and address per minute
     CONNECTION_EVICTED = "connection.evicted"  # once per reason per minute
@@ -37,6 +43,8 @@ class Event(enum.StrEnum):
     SENDER_STARTED = "sender.started"
     SENDER_STOPPING = "sender.stopping"
     SEND_SUMMARY = "send.summary"
+    JOURNAL_COMPACTED = "journal.compacted"  # confirmed files folded into journal.ckpt
+    JOURNAL_COMPACTION_FAILED = "journal.compaction_failed"  # logged; retried later
     GENERATION_STARTED = "generation.started"
     GENERATION_FINISHED = "generation.finished"
     FILE_GENERATED = "file.generated"

@@ -11,15 +11,28 @@ Every method sends one request and turns the answer into a `Progress` or an erro
     connection errors and timeouts: TransientError
 
 Invariant: this module decides nothing about retries or resumption; the sender does.
+
+`Client` is the seam between the uploader and a protocol: one implementation per
+protocol module (native: `UploadClient` here; tus: `tusclient.TusClient`), chosen by
+the CLI (`send --protocol`). The uploader speaks only `Client` and `Progress`:
+
+- a `Progress` with a `record` means complete; its `verified` says what the protocol let
+  the client check (`whole-file-digest` when the server returned the file's xxh3-128);
+- `location` is the upload's URL where the server assigns one (tus), and `created` marks
+  the answer that created it: the uploader journals such a URL before sending a byte;
+- `inline_create`: the first chunk may create the upload (native only);
+  `overlapping_chunks`: chunks of one file may be in flight at once (native only: a
+  tus server may abort a PATCH when the next one takes the upload's lock).
 """
 
 from __future__ import annotations
 
+import enum
 import json
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -30,6 +43,15 @@ from transfer.sender.reasons import Reason
 _TRANSIENT_CODES = frozenset({Code.CHUNK_DIGEST_MISMATCH})
 
 
+class Verified(enum.StrEnum):
+    """What a confirmation rests on; logged as `verified` and journaled when it is less
+    than the whole-file digest. Values are read back from logs and journals: never rename."""
+
+    WHOLE_FILE_DIGEST = "whole-file-digest"  # the server's xxh3-128 of the whole file
+    PER_CHUNK_CHECKSUM = "per-chunk-checksum"  # every PATCH body's checksum, and the length
+    LENGTH_ONLY = "length-only"  # only the byte count: the server offers no checksum
+
+
 @dataclass(frozen=True, slots=True)
 class Progress:
     """What the server said about an upload."""
@@ -37,6 +59,9 @@ class Progress:
     offset: int
     record: Mapping[str, Any] | None = None
     missing: bool = False
+    location: str | None = None  # the upload's URL, where the server assigns it (tus)
+    created: bool = False  # this answer created the upload at `location`
+    verified: Verified = Verified.WHOLE_FILE_DIGEST  # what a `record` was checked by
 
     @property
     def digest(self) -> str | None:
@@ -81,7 +106,35 @@ class Corruptor:
         return bytes(damaged)
 
 
+class Client(Protocol):
+    """One upload protocol, one request per call (see the module docstring)."""
+
+    @property
+    def inline_create(self) -> bool: ...
+    @property
+    def overlapping_chunks(self) -> bool: ...
+    def adopt(self, file_id: str, location: str | None) -> None:
+        """Continue the journaled upload at `location` (None: none is known)."""
+
+    def forget(self, file_id: str) -> None:
+        """The delivery of `file_id` ended: drop what was kept for it."""
+
+    async def create(
+        self, file_id: str, *, name: str, size: int, metadata: Mapping[str, str], digest: bytes
+    ) -> Progress: ...
+    async def query(self, file_id: str) -> Progress: ...
+    async def put_chunk(
+        self, file_id: str, start: int, data: bytes, total: int, *, announce: Announce | None = None
+    ) -> Progress: ...
+    async def finish_empty(self, file_id: str, *, announce: Announce | None = None) -> Progress: ...
+
+
 class UploadClient:
+    """The native protocol (`POST /uploads`, `PUT` with `Content-Range`): `Client`."""
+
+    inline_create = True
+    overlapping_chunks = True
+
     def __init__(
         self,
         session: aiohttp.ClientSession,
@@ -92,6 +145,12 @@ class UploadClient:
         self._session = session
         self._base = base_url.rstrip("/")
         self._corrupt = corruptor
+
+    def adopt(self, file_id: str, location: str | None) -> None:
+        """Nothing to adopt: the client names its uploads (`/uploads/{file_id}`)."""
+
+    def forget(self, file_id: str) -> None:
+        """Nothing is kept per file."""
 
     def upload_url(self, file_id: str) -> str:
         return f"{self._base}/uploads/{file_id}"
@@ -160,10 +219,10 @@ def _classify(status: int, headers: Mapping[str, str], payload: bytes, *, query:
             raise TransientError(f"server sent a bad Range: {exc}") from exc
     if status == 404 and query:
         return Progress(offset=0, missing=True)
-    code, detail = _problem(payload)
+    code, detail = problem_of(payload)
     if status in (408, 429) or status >= 500 or code in _TRANSIENT_CODES:
         raise TransientError(
-            f"server answered {status} {code}: {detail}", retry_after=_retry_after(headers)
+            f"server answered {status} {code}: {detail}", retry_after=retry_after(headers)
         )
     raise RemoteError(status, code, detail)
 
@@ -178,7 +237,7 @@ def _json(payload: bytes) -> dict[str, Any]:
     return doc
 
 
-def _problem(payload: bytes) -> tuple[str, str]:
+def problem_of(payload: bytes) -> tuple[str, str]:
     try:
         doc = json.loads(payload)
         return str(doc.get("code", Reason.UNKNOWN)), str(doc.get("detail", ""))
@@ -186,7 +245,7 @@ def _problem(payload: bytes) -> tuple[str, str]:
         return Reason.UNKNOWN, payload[:200].decode("utf-8", "replace")
 
 
-def _retry_after(headers: Mapping[str, str]) -> float | None:
+def retry_after(headers: Mapping[str, str]) -> float | None:
     value = headers.get("Retry-After")
     if value is None or not value.strip().isdigit():
         return None

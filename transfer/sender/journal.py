@@ -1,9 +1,11 @@
-"""The sender's durable journal: an append-only log of framed records.
+"""The sender's durable journal: an append-only log of framed records, compacted into a
+checkpoint (`checkpoint.py`) as it grows.
 
     frame = MAGIC (b"TJ1") | payload length (u32 BE) | crc32(payload) (u32 BE) | payload
 
 A payload is compact ASCII JSON (valid UTF-8): `{"kind": "file", ...}` for a file's
-latest state, `{"kind": "meta", "key": ..., "value": ...}` for a small setting.
+latest state, `{"kind": "meta", "key": ..., "value": ...}` for a small setting, and, first
+in a compacted log only, `{"kind": "log", "generation": k}` (see checkpoint.py).
 
 Invariants:
 - One writer: `FileJournal.open` holds an exclusive `flock` on `journal.lock` until closed.
@@ -16,92 +18,68 @@ Invariants:
   offset, and the file is left untouched. A frame cannot hide inside a payload, since
   payload bytes are printable ASCII: a length read from them is at least 0x20202020,
   above `MAX_PAYLOAD`. A false "valid frame" would only make recovery refuse, never drop.
-- Backward compatible: the watched-file fields (`rel`, `mtime_ns`, `version`) are left
-  out of a frame when unset, so the frames of other files are byte-identical to those
-  written before these fields existed, and frames without them read back unset.
+- Backward compatible: the watched-file fields (`rel`, `mtime_ns`, `version`) and the
+  protocol fields (`upload_url`, `verified`) are left out of a frame when unset, so
+  the frames of other files are byte-identical to those written before these fields
+  existed, and frames without them read back unset.
 - Later records supersede earlier ones (per `file_id`, per meta key); first-seen order.
   A state changes only through `JournalEntry.after` (the table in `core/filestate.py`);
   records read back are taken as written, whatever the move between them.
 
+- Compaction (past `compact_at` log bytes, or an eighth of the checkpoint's size, so its
+  cost stays proportional to what was appended): a snapshot at a durable log offset
+  `cut` is written, in a thread, as checkpoint k+1 (confirmed entries folded, everything
+  else as records); then, with appends held back for the few milliseconds it takes, the
+  log is replaced by generation k+1's: its header frame and the bytes after `cut`.
+  Appends meanwhile go on into the old log and are carried over. Every instant of it
+  replays to the same entries (checkpoint.py's generation rule); a failed checkpoint
+  write is logged and retried later, a failed log swap fails the journal until reopened.
+- Order: folded entries first (in folding order), then the others in first-seen order.
+
 Why not SQLite in WAL mode: a record costs one sequential write and one fsync (fewer with
 group commit: appends that arrive while a write is in flight share the next one), a torn
 tail is detectable to the byte by length and checksum, and there is no extra dependency.
-The whole file is read on open; a sender's journal stays small (one record per change).
+On open the checkpoint is read whole (and checked) but no folded record is decoded
+until a caller asks for every entry; the log since the last compaction stays short.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import fcntl
-import json
 import os
-import re
-import struct
-import zlib
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from transfer.common.fsutil import fsync_dir, write_all
+import structlog
+
+from transfer.common.fsutil import fsync_dir
 from transfer.core.errors import JournalError
-from transfer.core.filestate import FileEvent, next_state
+from transfer.core.events import Event
 
 # Re-exported (the alias is how mypy --strict spells it): the journal stores its values.
 from transfer.core.filestate import FileState as FileState  # noqa: PLC0414
+from transfer.sender import checkpoint
+from transfer.sender.checkpoint import Crash, Folded, no_crash
+from transfer.sender.entries import JournalEntry as JournalEntry  # noqa: PLC0414
+from transfer.sender.entries import MetaRecord as MetaRecord  # noqa: PLC0414
+from transfer.sender.entries import Record as Record  # noqa: PLC0414
+from transfer.sender.entries import decode_record as decode_record  # noqa: PLC0414
+from transfer.sender.entries import encode_record as encode_record  # noqa: PLC0414
+from transfer.sender.folding import JournalStats as JournalStats  # noqa: PLC0414
+from transfer.sender.folding import Snapshot, decode_at, folded_entries, write_checkpoint
+from transfer.sender.logfile import MAGIC as MAGIC  # noqa: PLC0414 (re-exported)
+from transfer.sender.logfile import MAX_PAYLOAD as MAX_PAYLOAD  # noqa: PLC0414
+from transfer.sender.logfile import decode_frame as decode_frame  # noqa: PLC0414
+from transfer.sender.logfile import encode_frame as encode_frame  # noqa: PLC0414
+from transfer.sender.logfile import lock, wait_through, write_durably
+from transfer.sender.logfile import scan_frames as scan_frames  # noqa: PLC0414
+from transfer.sender.recovery import LOG_NAME as LOG_NAME  # noqa: PLC0414
+from transfer.sender.recovery import Replay, recover
 
-MAGIC = b"TJ1"
-MAX_PAYLOAD = 1 << 20
-LOG_NAME = "journal.log"
-LOCK_NAME = "journal.lock"
-_HEADER = struct.Struct(">3sII")
-_FILE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_OPTIONAL = ("rel", "mtime_ns", "version")  # fields written only when set
-
-
-@dataclass(frozen=True, slots=True)
-class JournalEntry:
-    file_id: str  # client-chosen upload id, [A-Za-z0-9_-]{1,64}
-    name: str
-    path: str  # absolute path of the file on the sender's disk
-    size: int
-    dtype: str  # e.g. "int16"
-    digest: str  # hex xxh3-128 of the file's bytes
-    state: FileState
-    server_digest: str | None = None  # hex digest the server returned when confirmed
-    reason: str | None = None  # why it failed
-    # A watched file (`send --watch`) also carries what recognises it: its path relative
-    # to the watched folder, its mtime when journaled and its version (1, 2, ... per path).
-    rel: str | None = None
-    mtime_ns: int | None = None
-    version: int | None = None
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.file_id, str) or not _FILE_ID.fullmatch(self.file_id):
-            raise ValueError(f"invalid file_id {self.file_id!r}")
-        if not isinstance(self.size, int) or self.size < 0:
-            raise ValueError(f"invalid size {self.size!r}")
-
-    def after(
-        self, event: FileEvent, *, server_digest: str | None = None, reason: str | None = None
-    ) -> JournalEntry:
-        """This entry once `event` happened: the next state comes from the one table,
-        `filestate.TRANSITIONS`; `server_digest` and `reason` replace the old ones.
-
-        Raises:
-            IllegalTransition: `event` is no legal move from this state (self is unchanged).
-        """
-        state = next_state(self.state, event)
-        return dataclasses.replace(self, state=state, server_digest=server_digest, reason=reason)
-
-
-@dataclass(frozen=True, slots=True)
-class MetaRecord:
-    key: str
-    value: str
-
-
-Record = JournalEntry | MetaRecord
+COMPACT_AT = 4 * 1024 * 1024  # log bytes that start a compaction (`--journal-compact-at`)
+log = structlog.get_logger("transfer.journal")
 _Pending = tuple[Record, bytes, asyncio.Future[None]]  # a queued record, its frame, its waiter
 
 
@@ -120,118 +98,95 @@ class Journal(Protocol):
     def close(self) -> None: ...
 
 
-def encode_frame(payload: bytes) -> bytes:
-    """One frame around `payload`. Raises ValueError if it exceeds `MAX_PAYLOAD`."""
-    if len(payload) > MAX_PAYLOAD:
-        raise ValueError(f"journal payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
-    return _HEADER.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload
-
-
-def decode_frame(data: bytes, offset: int = 0) -> tuple[bytes, int] | None:
-    """The payload of the valid frame at `offset` and the offset just past it; None if no
-    complete frame with the right magic, length and checksum starts there."""
-    if len(data) - offset < _HEADER.size:
-        return None
-    magic, length, crc = _HEADER.unpack_from(data, offset)
-    start = offset + _HEADER.size
-    end = start + length
-    if magic != MAGIC or length > MAX_PAYLOAD or end > len(data):
-        return None
-    payload = data[start:end]
-    return (payload, end) if zlib.crc32(payload) == crc else None
-
-
-def scan_frames(data: bytes, *, source: str = "journal") -> tuple[list[tuple[int, bytes]], int]:
-    """(offset, payload) of each frame of the valid prefix, and where that prefix ends.
-
-    Raises JournalError if a valid frame follows a damaged one (not a torn tail).
-    """
-    frames: list[tuple[int, bytes]] = []
-    offset = 0
-    while offset < len(data):
-        frame = decode_frame(data, offset)
-        if frame is None:
-            _refuse_middle_damage(data, offset, source)
-            break
-        frames.append((offset, frame[0]))
-        offset = frame[1]
-    return frames, offset
-
-
-def _refuse_middle_damage(data: bytes, damaged: int, source: str) -> None:
-    later = data.find(MAGIC, damaged + 1)
-    while later != -1:
-        if decode_frame(data, later) is not None:
-            raise JournalError(
-                f"{source} is damaged at byte {damaged} and a valid record follows at byte"
-                f" {later}; refusing to drop acknowledged records"
-            )
-        later = data.find(MAGIC, later + 1)
-
-
-def encode_record(record: Record) -> bytes:
-    """The payload of `record`: compact JSON, ASCII only (non-ASCII text is escaped)."""
-    if isinstance(record, MetaRecord):
-        fields: dict[str, object] = {"kind": "meta", "key": record.key, "value": record.value}
-    else:
-        fields = {"kind": "file", **dataclasses.asdict(record), "state": record.state.value}
-        for name in _OPTIONAL:  # absent unless set: older frames stay byte-identical
-            if fields[name] is None:
-                del fields[name]
-    return json.dumps(fields, separators=(",", ":"), ensure_ascii=True).encode("ascii")
-
-
-def decode_record(payload: bytes) -> Record:
-    """Raises ValueError or TypeError if `payload` is not a record this module wrote."""
-    fields = json.loads(payload)
-    if not isinstance(fields, dict):
-        raise TypeError("a record must be a JSON object")
-    kind = fields.pop("kind", None)
-    if kind == "meta":
-        return MetaRecord(**fields)
-    if kind == "file":
-        return JournalEntry(**{**fields, "state": FileState(fields.get("state"))})
-    raise ValueError(f"unknown record kind {kind!r}")
-
-
 class FileJournal:
-    """`Journal` on `DIR/journal.log`; appends are durable, batched by one flush task."""
+    """`Journal` on `DIR/journal.log` and `DIR/journal.ckpt`; appends are durable, batched
+    by one flush task; compactions run in the background (see the module's invariants)."""
 
     def __init__(
-        self, path: Path, fd: int, lock_fd: int, records: list[Record], recovery: RecoveryReport
+        self,
+        directory: Path,
+        fd: int,
+        lock_fd: int,
+        state: Replay[Record],
+        *,
+        compact_at: int,
+        crash: Crash,
     ) -> None:
-        self.path = path
-        self.recovery = recovery
-        self._fd, self._lock_fd = fd, lock_fd
-        self._entries: dict[str, JournalEntry] = {}
+        self.path = directory / LOG_NAME
+        self.recovery = RecoveryReport(len(state.records), state.log_size - state.log_end)
+        self._dir, self._fd, self._lock_fd = directory, fd, lock_fd
+        self._entries: dict[str, JournalEntry] = {}  # every entry not folded (or re-recorded)
         self._meta: dict[str, str] = {}
+        self._folded = state.folded
+        self._cache: dict[str, JournalEntry] | None = None  # folded records, decoded on demand
+        self._generation, self._end, self._log_records = state.generation, state.log_end, 0
+        self._ckpt_size = state.loaded.size if state.loaded else 0
+        self._compact_at, self._crash, self._retry_at, self._compactions = compact_at, crash, 0, 0
+        self._compaction: asyncio.Task[None] | None = None
+        self._io = asyncio.Lock()  # held by a write, and by the log swap
         self._pending: list[_Pending] = []
         self._writer: asyncio.Task[None] | None = None
         self._failure: str | None = None
-        self._closed = False
-        for record in records:
+        self._closed = self._released = False
+        for record in state.records:
             self._apply(record)
+        self._log_records = state.log_records
 
     @classmethod
-    def open(cls, directory: Path) -> FileJournal:
-        """Lock `directory`, recover its log (dropping a torn tail) and load it."""
+    def open(
+        cls, directory: Path, *, compact_at: int = COMPACT_AT, crash: Crash = no_crash
+    ) -> FileJournal:
+        """Lock `directory`, recover its checkpoint and log (dropping a torn tail,
+        finishing an interrupted compaction) and load them."""
         if not directory.is_dir():
             directory.mkdir(parents=True)
             fsync_dir(directory.parent)
-        lock_fd = _lock(directory)
+        lock_fd = lock(directory)
         try:
-            fd, records, dropped = _recover(directory / LOG_NAME)
+            checkpoint.sweep(directory)
+            fd, state = recover(directory, decode_at)
         except BaseException:
             os.close(lock_fd)
             raise
-        recovery = RecoveryReport(records=len(records), dropped_bytes=dropped)
-        return cls(directory / LOG_NAME, fd, lock_fd, records, recovery)
+        return cls(directory, fd, lock_fd, state, compact_at=compact_at, crash=crash)
 
     def entries(self) -> list[JournalEntry]:
-        return list(self._entries.values())
+        if not self._folded.ids:
+            return list(self._entries.values())
+        folded, live = self._folded_entries(), self._entries
+        return [live.get(i, e) for i, e in folded.items()] + [
+            e for i, e in live.items() if i not in folded
+        ]
 
     def get(self, file_id: str) -> JournalEntry | None:
-        return self._entries.get(file_id)
+        found = self._entries.get(file_id)
+        if found is None and file_id in self._folded.ids:
+            return self._folded_entries().get(file_id)
+        return found
+
+    def live(self) -> list[JournalEntry]:
+        """The entries not folded into the checkpoint, which hold every unconfirmed one:
+        what a restart re-queues, without decoding a folded record."""
+        return list(self._entries.values())
+
+    def counts(self) -> dict[str, int]:
+        """Entries by state, without decoding a folded record (all of them are confirmed)."""
+        result = {state.value: 0 for state in FileState}
+        overridden = 0
+        for file_id, entry in self._entries.items():
+            result[entry.state.value] += 1
+            overridden += file_id in self._folded.ids
+        result[FileState.CONFIRMED.value] += len(self._folded.ids) - overridden
+        return result
+
+    def folded_indices(self, run: str) -> set[int]:
+        """The generated indices of `run` among the folded files (ids `{run}-{digits}`)."""
+        return self._folded.indices_for(run)
+
+    def stats(self) -> JournalStats:
+        return JournalStats(
+            self._log_records, self._end, len(self._folded.ids), self._ckpt_size, self._compactions
+        )
 
     def meta(self) -> dict[str, str]:
         return dict(self._meta)
@@ -243,10 +198,10 @@ class FileJournal:
         await self._append(MetaRecord(key, value))
 
     def close(self) -> None:
-        """Release the lock; a flush in flight finishes first, then releases it."""
+        """Release the lock; a flush or compaction in flight finishes first."""
         if not self._closed:
             self._closed = True
-            if self._writer is None:
+            if self._writer is None and self._compaction is None:
                 self._release()
 
     def __enter__(self) -> FileJournal:
@@ -273,28 +228,45 @@ class FileJournal:
                 await self._commit(batch)
         finally:
             self._writer = None
-            if self._closed:
+            if self._closed and self._compaction is None:
                 self._release()
 
     async def _commit(self, batch: list[_Pending]) -> None:
-        data = b"".join(frame for _, frame, _ in batch)
-        write = asyncio.ensure_future(asyncio.to_thread(_write_durably, self._fd, data))
         try:
-            await _wait_through_cancellation(write)
+            await self._io.acquire()  # a log swap in progress holds it for a few ms
+        except asyncio.CancelledError:
+            _fail(batch, f"{self.path} was closed before this write")
+            raise
+        try:
+            if self._failure:
+                _fail(batch, self._failure)
+                return
+            data = b"".join(frame for _, frame, _ in batch)
+            write = asyncio.ensure_future(asyncio.to_thread(write_durably, self._fd, data))
+            try:
+                await wait_through(write)
+            finally:
+                self._settle(batch, write.exception(), len(data))
         finally:
-            self._settle(batch, write.exception())
+            self._io.release()
 
-    def _settle(self, batch: list[_Pending], error: BaseException | None) -> None:
+    def _settle(self, batch: list[_Pending], error: BaseException | None, size: int) -> None:
         if error is not None:
             # A partial frame may be on disk now: appending after it would turn a torn tail
             # into damage in the middle. Refuse until reopened (recovery drops the tail).
-            self._failure = f"{self.path}: write failed ({error}); reopen the journal"
-            _fail(batch + self._pending, self._failure)
-            self._pending = []
+            self._fail_all(f"{self.path}: write failed ({error}); reopen the journal", batch)
             return
+        self._end += size
+        self._log_records += len(batch)
         for record, _, done in batch:
             self._apply(record)
             done.set_result(None)
+        self._maybe_compact()
+
+    def _fail_all(self, message: str, batch: list[_Pending]) -> None:
+        self._failure = message
+        _fail(batch + self._pending, message)
+        self._pending = []
 
     def _apply(self, record: Record) -> None:
         if isinstance(record, MetaRecord):
@@ -302,7 +274,95 @@ class FileJournal:
         else:
             self._entries[record.file_id] = record
 
+    def _folded_entries(self) -> dict[str, JournalEntry]:
+        if self._cache is None:
+            self._cache = folded_entries(self._dir, self._folded)
+        return self._cache
+
+    # --- compaction (see the module's invariants) --------------------------------------
+
+    async def compact(self) -> None:
+        """Compact now, whatever the log's size, and wait for it (or for the one running)."""
+        if self._compaction is None and not self._closed and not self._failure:
+            self._compaction = asyncio.create_task(self._compact())
+        if self._compaction is not None:
+            await asyncio.shield(self._compaction)
+
+    def _maybe_compact(self) -> None:
+        due = max(self._compact_at, self._ckpt_size // 8, self._retry_at)
+        if self._end >= due and self._compaction is None and not self._closed:
+            self._compaction = asyncio.create_task(self._compact())
+
+    async def _compact(self) -> None:
+        snap = Snapshot(
+            self._end, self._log_records, list(self._entries.values()), dict(self._meta),
+            self._folded, self._generation, time.monotonic(),
+        )  # fmt: skip
+        try:
+            build = asyncio.to_thread(write_checkpoint, self._dir, snap, self._crash)
+            work = asyncio.ensure_future(build)
+            await wait_through(work)
+            await self._swap(snap, *work.result())
+        except (OSError, JournalError, ValueError) as exc:
+            self._retry_at = self._end + self._compact_at  # not again at every append
+            log.warning(Event.JOURNAL_COMPACTION_FAILED, error=str(exc), spool=str(self._dir))
+        finally:
+            self._compaction = None
+            if self._closed and self._writer is None:
+                self._release()
+
+    async def _swap(
+        self, snap: Snapshot, folded: Folded, size: int, confirmed: list[JournalEntry]
+    ) -> None:
+        async with self._io:
+            if self._closed or self._failure:
+                return  # on disk: the new checkpoint and the old log; the next open finishes
+            held = time.monotonic()
+            swap = asyncio.ensure_future(asyncio.to_thread(
+                checkpoint.swap_log, self.path, self._fd, snap.cut, self._end,
+                snap.generation + 1, crash=self._crash,
+            ))  # fmt: skip
+            cancelled = False
+            try:
+                await wait_through(swap)
+            except asyncio.CancelledError:
+                cancelled = True  # the swap happened or failed all the same: record which
+            self._swapped(snap, swap, folded, size, confirmed)
+            if cancelled:
+                raise asyncio.CancelledError
+            log.info(
+                Event.JOURNAL_COMPACTED, folded=len(confirmed), checkpoint_entries=len(folded.ids),
+                checkpoint_bytes=size, log_bytes=self._end, log_bytes_before=snap.cut,
+                seconds=round(time.monotonic() - snap.started, 3),
+                appends_held_ms=round((time.monotonic() - held) * 1000, 1),
+            )  # fmt: skip
+
+    def _swapped(
+        self,
+        snap: Snapshot,
+        swap: asyncio.Future[int],
+        folded: Folded,
+        size: int,
+        confirmed: list[JournalEntry],
+    ) -> None:
+        if (error := swap.exception()) is not None:
+            self._fail_all(f"{self.path}: compaction failed ({error}); reopen the journal", [])
+            return
+        old, self._fd = self._fd, os.open(self.path, os.O_RDWR | os.O_APPEND)
+        os.close(old)
+        self._end, self._generation = swap.result(), snap.generation + 1
+        self._log_records -= snap.records
+        self._folded, self._ckpt_size, self._compactions = folded, size, self._compactions + 1
+        for entry in confirmed:
+            if self._entries.get(entry.file_id) is entry:
+                del self._entries[entry.file_id]  # re-recorded since: the newer one stays
+            if self._cache is not None:
+                self._cache[entry.file_id] = entry
+
     def _release(self) -> None:
+        if self._released:
+            return
+        self._released = True
         _fail(self._pending, f"{self.path} was closed before this write")
         self._pending = []
         os.close(self._fd)
@@ -313,57 +373,3 @@ def _fail(pending: list[_Pending], message: str) -> None:
     for _, _, done in pending:
         if not done.done():
             done.set_exception(JournalError(message))
-
-
-async def _wait_through_cancellation(future: asyncio.Future[None]) -> None:
-    """Wait for `future` even if cancelled meanwhile, then re-raise the cancellation: the
-    write runs in a thread that cannot be stopped, and the file must not close under it."""
-    cancelled = False
-    while not future.done():
-        try:
-            await asyncio.wait({future})
-        except asyncio.CancelledError:
-            cancelled = True
-    if cancelled:
-        raise asyncio.CancelledError
-
-
-def _write_durably(fd: int, data: bytes) -> None:
-    write_all(fd, data)
-    os.fsync(fd)
-
-
-def _lock(directory: Path) -> int:
-    fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise JournalError(f"another sender is using {directory}") from None
-    return fd
-
-
-def _recover(path: Path) -> tuple[int, list[Record], int]:
-    """Open `path` for appending; its records; how many torn-tail bytes were dropped."""
-    created = not path.exists()
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        if created:
-            fsync_dir(path.parent)
-        data = path.read_bytes()
-        frames, end = scan_frames(data, source=str(path))
-        records = [_decode_at(path, offset, payload) for offset, payload in frames]
-        if end < len(data):
-            os.ftruncate(fd, end)
-            os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd, records, len(data) - end
-
-
-def _decode_at(path: Path, offset: int, payload: bytes) -> Record:
-    try:
-        return decode_record(payload)
-    except (ValueError, TypeError) as exc:
-        raise JournalError(f"{path}: unreadable record at byte {offset}: {exc}") from exc

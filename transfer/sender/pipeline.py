@@ -45,6 +45,7 @@ from transfer.core.filestate import FileEvent, FileState, allows
 from transfer.sender.generator import FileSpec, GeneratorConfig, generate, spec_for, write_file
 from transfer.sender.intake import WatchSource
 from transfer.sender.journal import Journal, JournalEntry
+from transfer.sender.journalview import count_states, folded_indices, live_entries
 from transfer.sender.retry import Sleep
 from transfer.sender.tasklimit import TaskLimit
 from transfer.sender.uploader import Uploader, hash_file
@@ -101,15 +102,13 @@ class Sender:
         self._queue: asyncio.Queue[JournalEntry | None] = asyncio.Queue()
         self._fresh: set[str] = set()  # ids first journaled by this run (see Uploader.deliver)
         uploader.stopping = self.stop.is_set
+        uploader.remember = journal.record  # a server-assigned upload URL, before its bytes
         self.watching = self._watch_source(config.watch) if config.watch else None
         uploader.policy = uploader.policy.until(self.stop)  # a stop ends any backoff wait
 
     def counts(self) -> dict[str, int]:
-        """Journal entries by state."""
-        result = {state.value: 0 for state in FileState}
-        for entry in self.journal.entries():
-            result[entry.state.value] += 1
-        return result
+        """Journal entries by state (folded ones counted, not decoded)."""
+        return count_states(self.journal)
 
     def request_stop(self, reason: str, **context: object) -> None:
         """Stop soon (see the module's invariants); the first request is logged, with
@@ -184,7 +183,7 @@ class Sender:
             self._queue.put_nowait(None)  # one end marker per worker
 
     async def _resume(self) -> None:
-        for entry in self.journal.entries():
+        for entry in live_entries(self.journal):  # folded entries are confirmed: never re-sent
             if self.watching is not None and not self.watching.resumes(entry):
                 continue  # a superseded version of a watched file: its bytes are gone
             if allows(entry.state, FileEvent.REQUEUED):  # every state but CONFIRMED
@@ -239,7 +238,8 @@ class Sender:
         rest on the seeded schedule. Up to `SPOOL_AHEAD` spool writes run at once, so
         the next file is generated while the previous one is being fsynced."""
         run, seed = self.journal.meta()["run"], int(self.journal.meta()["seed"])
-        done = generated_indices(self.journal.entries(), run)
+        done = generated_indices(live_entries(self.journal), run)
+        done |= folded_indices(self.journal, run)
         start = min(max(done, default=-1) + 1, config.count)
         gaps = [i for i in range(start) if i not in done]
         if start < config.count or gaps:
@@ -320,11 +320,12 @@ def _path_entry(file_id: str, path: Path, name: str, size: int, digest: str) -> 
 
 
 def generated_indices(entries: Iterable[JournalEntry], run: str) -> set[int]:
-    """The generated indices journaled for `run` (ids `{run}-{index:05d}`)."""
+    """The generated indices journaled for `run` (ids `{run}-{index:05d}`; the run id has
+    no "-", so a watched file's `{run}-w{hash}-{version}` is not one)."""
     return {
-        int(e.file_id.rsplit("-", 1)[1])
+        int(e.file_id.rpartition("-")[2])
         for e in entries
-        if e.file_id.startswith(f"{run}-") and e.file_id.rsplit("-", 1)[1].isdigit()
+        if e.file_id.rpartition("-")[0] == run and e.file_id.rpartition("-")[2].isdigit()
     }
 
 

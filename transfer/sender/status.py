@@ -16,6 +16,7 @@ from aiohttp import web
 from transfer.common.metrics import Metrics
 from transfer.core.filestate import FileState
 from transfer.core.units import format_size
+from transfer.sender.journal import FileJournal
 from transfer.sender.pipeline import Sender
 
 SENDER = web.AppKey("sender", Sender)
@@ -86,7 +87,26 @@ async def _metrics(request: web.Request) -> web.Response:
     ):
         m.describe(name, "counter", text)
         m.set(name, value)
+    if isinstance(sender.journal, FileJournal):
+        _journal_metrics(m, sender.journal)
     return web.Response(text=m.render(), content_type="text/plain")
+
+
+def _journal_metrics(m: Metrics, journal: FileJournal) -> None:
+    """Record counts of the journal and its checkpoint; no label (bounded cardinality)."""
+    stats = journal.stats()
+    for name, kind, value, text in (
+        ("transfer_sender_journal_records", "gauge", stats.log_records, "Records in journal.log"),
+        ("transfer_sender_journal_bytes", "gauge", stats.log_bytes, "Bytes of journal.log"),
+        ("transfer_sender_checkpoint_entries", "gauge", stats.checkpoint_entries,
+         "Confirmed files folded into journal.ckpt"),
+        ("transfer_sender_checkpoint_bytes", "gauge", stats.checkpoint_bytes,
+         "Bytes of journal.ckpt"),
+        ("transfer_sender_compactions_total", "counter", stats.compactions,
+         "Journal compactions finished"),
+    ):  # fmt: skip
+        m.describe(name, kind, text)
+        m.set(name, value)
 
 
 def mib_per_s(sender: Sender) -> float:

@@ -13,30 +13,37 @@ Invariants:
 - Every state change goes through `JournalEntry.after` and so through the one table,
   `core.filestate.TRANSITIONS`: confirmed on a matching digest; failed on a refusal, a
   damaged spool file, an exhausted retry budget or a different digest.
+- The uploader speaks only the `client.Client` seam, whatever the protocol. Where the
+  server names the upload (tus: `Progress.created` with its `location`), the URL is
+  journaled (`remember`, fsynced) before a byte is sent, and a restart `adopt`s it from
+  the journal, so a file never gets a second upload on the server by a crash after its
+  creation was acknowledged.
+- A file confirmed without a whole-file digest (a tus server that offers none) is
+  confirmed by `FileEvent.PROTOCOL_CHECKED` and journaled with what was checked
+  (`verified`: per-chunk-checksum or length-only); `upload.confirmed` always says it.
 - Log lines of one delivery carry its `file_id` from structlog's context (bound in
-  `deliver`, never passed by hand). The upload id is the file id, so nothing else is
-  bound. The binding lives in the delivering task's context, copied into the chunk tasks
-  it spawns; each delivery runs in its own task (a pipeline worker, or a task of
+  `deliver`, never passed by hand). Natively the upload id is the file id; where the
+  server names the upload, its id is bound as `upload_id` as soon as it is known. The
+  binding lives in the delivering task's context, copied into the chunk tasks it
+  spawns; each delivery runs in its own task (a pipeline worker, or a task of
   `gather`), and one task delivers one file at a time, so ids never mix.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import aiofiles
 import aiohttp
 import structlog
-import xxhash
 from aiofiles.threadpool.binary import AsyncBufferedReader
 from tenacity import RetryCallState
 
-from transfer.common.fsutil import feed_file
 from transfer.core.errors import (
     Code,
     Interrupted,
@@ -46,8 +53,10 @@ from transfer.core.errors import (
 )
 from transfer.core.events import Event
 from transfer.core.filestate import FileEvent
-from transfer.sender.client import Announce, Progress, UploadClient
+from transfer.sender.client import Announce, Client, Progress, Verified
 from transfer.sender.journal import JournalEntry
+from transfer.sender.localfile import check_local as check_local  # noqa: PLC0414
+from transfer.sender.localfile import hash_file as hash_file  # noqa: PLC0414
 from transfer.sender.reasons import Reason
 from transfer.sender.retry import RetryPolicy
 
@@ -72,13 +81,15 @@ class UploadStats:
 
 @dataclass(slots=True)
 class Uploader:
-    client: UploadClient
+    client: Client
     chunk_size: int | None  # None: `auto_chunk_size` per file
     policy: RetryPolicy
     stats: UploadStats = field(default_factory=UploadStats)
     mismatch_retries: int = 3
     window: int = 2  # chunks of one file in flight at once (see _pipeline)
     stopping: Callable[[], bool] = lambda: False
+    # Journals an entry durably (the pipeline sets `journal.record`): a new upload URL.
+    remember: Callable[[JournalEntry], Awaitable[None]] | None = None
 
     async def deliver(self, entry: JournalEntry, *, fresh: bool = False) -> JournalEntry:
         """Upload `entry` until confirmed or failed; returns the entry's new state.
@@ -89,13 +100,20 @@ class Uploader:
         line until it returns carries `file_id` (see the module's invariants).
         """
         with structlog.contextvars.bound_contextvars(file_id=entry.file_id):
-            return await self._deliver(entry, fresh=fresh)
+            self.client.adopt(entry.file_id, entry.upload_url)
+            _bind_upload(entry.upload_url)
+            try:
+                return await self._deliver(entry, fresh=fresh)
+            finally:
+                self.client.forget(entry.file_id)
+                structlog.contextvars.unbind_contextvars("upload_id")
 
     async def _deliver(self, entry: JournalEntry, *, fresh: bool) -> JournalEntry:
+        inline = fresh and self.client.inline_create
         for attempt in range(self.mismatch_retries + 1):
             try:
                 await check_local(entry)
-                progress = await self._push(entry, inline=fresh and attempt == 0)
+                progress = await self._push(entry, inline=inline and attempt == 0)
             except RemoteError as exc:
                 if exc.code == Code.REPR_DIGEST_MISMATCH and attempt < self.mismatch_retries:
                     log.warning(Event.UPLOAD_MISMATCH, attempt=attempt + 1)
@@ -109,11 +127,21 @@ class Uploader:
         raise AssertionError("unreachable: the last attempt returns")
 
     def _confirm(self, entry: JournalEntry, progress: Progress) -> JournalEntry:
-        if progress.digest != entry.digest:
+        """Confirmed by the whole-file digest where the server offers one, else by what
+        the protocol allows (`progress.verified`), which the journal then records."""
+        entry = dataclasses.replace(entry, upload_url=progress.location or entry.upload_url)
+        verified = progress.verified
+        if verified is Verified.WHOLE_FILE_DIGEST and progress.digest != entry.digest:
             reason = f"server holds digest {progress.digest}, journal has {entry.digest}"
             return _failed(entry, FileEvent.DIGEST_DIFFERS, reason)
-        log.info(Event.UPLOAD_CONFIRMED, size=entry.size)
-        return entry.after(FileEvent.DIGEST_MATCHED, server_digest=progress.digest)
+        if progress.offset != entry.size:
+            reason = f"server holds {progress.offset} bytes, journal has {entry.size}"
+            return _failed(entry, FileEvent.DIGEST_DIFFERS, reason)
+        log.info(Event.UPLOAD_CONFIRMED, size=entry.size, verified=verified.value)
+        if verified is Verified.WHOLE_FILE_DIGEST:
+            return entry.after(FileEvent.DIGEST_MATCHED, server_digest=progress.digest)
+        confirmed = entry.after(FileEvent.PROTOCOL_CHECKED)
+        return dataclasses.replace(confirmed, verified=verified.value)
 
     async def _push(self, entry: JournalEntry, *, inline: bool) -> Progress:
         if inline:
@@ -164,7 +192,8 @@ class Uploader:
         lock keeps them in order). Any surprise (an error, a short acknowledgement, a
         gap) ends it: None, and the careful one-chunk-at-a-time loop takes over."""
         chunk = self.chunk_size or auto_chunk_size(entry.size)
-        if self.window < 2 or progress.record is not None or entry.size <= chunk:
+        sequential = not self.client.overlapping_chunks or self.window < 2
+        if sequential or progress.record is not None or entry.size <= chunk:
             return progress
         pending: _InFlight = deque()
         try:
@@ -238,14 +267,21 @@ class Uploader:
         return await self._put(entry, known.offset, await _read(source, known.offset, chunk, entry))
 
     async def _create(self, entry: JournalEntry) -> Progress:
+        """Create (or find) the upload; a URL the server just assigned is journaled
+        durably before this returns, so before any byte of the file is sent."""
         announce = _announce(entry)
-        return await self.client.create(
+        progress = await self.client.create(
             entry.file_id,
             name=announce.name,
             size=entry.size,
             metadata=announce.metadata,
             digest=announce.digest,
         )
+        if progress.created and progress.location is not None:
+            if self.remember is not None:
+                await self.remember(dataclasses.replace(entry, upload_url=progress.location))
+            _bind_upload(progress.location)
+        return progress
 
     async def _retry(
         self, entry: JournalEntry, step: Callable[[], Awaitable[Progress]]
@@ -335,6 +371,13 @@ def _bind(
     return lambda: step(entry, source, known)
 
 
+def _bind_upload(location: str | None) -> None:
+    """Bind the server-assigned upload id (the URL's last segment) to the log context."""
+    if location is not None:
+        upload_id = location.rstrip("/").rsplit("/", 1)[-1]
+        structlog.contextvars.bind_contextvars(upload_id=upload_id)
+
+
 def _failed(entry: JournalEntry, event: FileEvent, reason: str) -> JournalEntry:
     log.error(Event.UPLOAD_FAILED, reason=reason)
     return entry.after(event, reason=reason)
@@ -354,22 +397,3 @@ class _Stall:
         self.best = max(self.best, offset)
         if self.stalled > _MAX_STALLED:
             raise TransientError(f"no progress at offset {self.best} after {self.stalled} tries")
-
-
-async def check_local(entry: JournalEntry) -> None:
-    """Raise `LocalFileDamaged` unless the file still has its journaled size and digest."""
-    try:
-        size, digest = await asyncio.to_thread(hash_file, Path(entry.path))
-    except OSError as exc:
-        raise LocalFileDamaged(f"{entry.path}: {exc.strerror}") from exc
-    if size != entry.size or digest != entry.digest:
-        raise LocalFileDamaged(
-            f"{entry.path} changed on disk since it was journaled (size {size}, digest {digest})"
-        )
-
-
-def hash_file(path: Path) -> tuple[int, str]:
-    """A file's size and hex xxh3-128, read from disk."""
-    hasher = xxhash.xxh3_128()
-    size = feed_file(path, hasher.update)
-    return size, hasher.hexdigest()

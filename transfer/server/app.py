@@ -3,12 +3,13 @@
 The handlers are thin shells that translate HTTP to and from `transfer.core` values
 and `UploadStore` calls and never touch the disk themselves: `native.py` (POST, PUT),
 `views.py` (HEAD, GET, DELETE, files, health, metrics), `tus.py` (tus 1.0 under
-`--tus-path`); they ask `admission.py` for locks, slots and space; `cors.py` lets
-browsers on `--cors-origin` origins use the upload endpoints. `docs/protocol.md` is
-the contract. Invariants: every refusal is `application/problem+json` with a stable
-`code` (`middleware.py`); every request is logged with its `request_id`; with `token`
-set nothing but `/healthz` (and `/metrics` unless protected) and CORS preflights
-answer without it (`auth.py`).
+`--tus-path`), `ietf.py` (the IETF resumable-upload draft under `--ietf-path`);
+they ask `admission.py` for locks, slots and space; `cors.py` lets browsers on
+`--cors-origin` origins use the upload endpoints. `docs/protocol.md` is the contract.
+Invariants: every refusal is `application/problem+json` with a stable `code`
+(`middleware.py`); every request is logged with its `request_id`; with `token` set
+nothing but `/healthz` (and `/metrics` unless protected) and CORS preflights answer
+without it (`auth.py`).
 """
 
 from __future__ import annotations
@@ -24,13 +25,15 @@ from aiohttp.typedefs import Middleware
 from transfer.common.metrics import Metrics
 from transfer.server.auth import bearer_middleware
 from transfer.server.cors import cors_middleware
-from transfer.server.expiry import sweep_forever
+from transfer.server.expiry import sweep_forever, sweep_records_forever
+from transfer.server.ietf import add_ietf_routes
 from transfer.server.middleware import context_middleware, problems_middleware
 from transfer.server.native import create_upload, put_chunk
 from transfer.server.state import STATE, MiB, ServerConfig, ServerState
+from transfer.server.storemetrics import describe_store_metrics
 from transfer.server.tus import add_tus_routes
 from transfer.server.views import delete_upload, get_file, get_upload, head_upload, healthz, metrics
-from transfer.store.base import ServerStore
+from transfer.store.base import RetainingStore, ServerStore
 
 log = structlog.get_logger("transfer.server")
 
@@ -40,6 +43,7 @@ __all__ = ["STATE", "ServerConfig", "ServerState", "make_app"]
 def make_app(store: ServerStore, config: ServerConfig | None = None) -> web.Application:
     state = ServerState(store, config or ServerConfig())
     _describe_metrics(state.metrics)
+    describe_store_metrics(state.metrics, store)
     middlewares: list[Middleware] = [context_middleware]
     if state.config.cors_origins:
         # Outside problems_middleware, so refusals carry CORS headers too; outside the
@@ -53,6 +57,7 @@ def make_app(store: ServerStore, config: ServerConfig | None = None) -> web.Appl
     app = web.Application(middlewares=middlewares, client_max_size=MiB)
     app[STATE] = state
     app.cleanup_ctx.append(_sweeper)
+    app.cleanup_ctx.append(_record_sweeper)
     app.router.add_post("/uploads", create_upload)
     app.router.add_put("/uploads/{upload_id}", put_chunk)
     app.router.add_route("HEAD", "/uploads/{upload_id}", head_upload)
@@ -63,6 +68,8 @@ def make_app(store: ServerStore, config: ServerConfig | None = None) -> web.Appl
     app.router.add_get("/metrics", metrics)
     if state.config.tus_path is not None:
         add_tus_routes(app, state.config.tus_path)
+    if state.config.ietf_path is not None:
+        add_ietf_routes(app, state.config.ietf_path)
     return app
 
 
@@ -71,6 +78,8 @@ def _upload_paths(state: ServerState) -> list[str]:
     prefixes = ["/uploads", "/files/"]
     if state.config.tus_path is not None:
         prefixes.append(state.config.tus_path.rstrip("/"))
+    if state.config.ietf_path is not None:
+        prefixes.append(state.config.ietf_path.rstrip("/"))
     return prefixes
 
 
@@ -86,6 +95,21 @@ async def _sweeper(app: web.Application) -> AsyncIterator[None]:
             now=state.config.clock,
         )
     )
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _record_sweeper(app: web.Application) -> AsyncIterator[None]:
+    """With `--record-ttl`, remove old completed records for the app's lifetime."""
+    state = app[STATE]
+    ttl, store = state.config.record_ttl, state.store
+    if ttl is None or not isinstance(store, RetainingStore):
+        yield
+        return
+    locks, now = state.admission.locks, state.config.clock
+    task = asyncio.create_task(sweep_records_forever(store, locks, state.metrics, ttl=ttl, now=now))
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):

@@ -1,7 +1,7 @@
 """CORS for browser uploads: `--cors-origin ORIGIN` (repeatable, `*` for any).
 
 A page on another origin (Uppy, tus-js-client) may call the upload endpoints (native
-`/uploads`, `/files`, and the tus base path) only if the answers say so:
+`/uploads`, `/files`, the tus and the IETF base paths) only if the answers say so:
 
 - An actual request with an allowed `Origin` gets `Access-Control-Allow-Origin` (the
   origin itself, or `*` when any is allowed), `Vary: Origin`, and
@@ -37,6 +37,8 @@ EXPOSED = (
     "Upload-Metadata",
     "Upload-Defer-Length",
     "Upload-Concat",
+    "Upload-Limit",
+    "Upload-Draft-Interop-Version",
     "Tus-Resumable",
     "Tus-Version",
     "Tus-Extension",

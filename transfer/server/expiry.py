@@ -1,10 +1,18 @@
-"""Removing abandoned partial uploads.
+"""Removing abandoned partial uploads, and (with `--record-ttl`) old records.
 
 A partial upload that has not changed for `partial_ttl` seconds (by the store's
 `ExpiringStore.modified`: for `FileStore`, its `.part` file's mtime) is deleted by a
 background sweep (every `min(ttl / 4, 60 s)`), under the upload's lock and after a
 second look, so an upload that is receiving bytes is never removed. Its id then answers
 404, like one that never existed. Completed files are never touched.
+
+With a `record_ttl`, a second sweep (every `min(ttl / 4, 10 min)`; each pass walks the
+retained records, so it runs less often than the partials' one) removes the records of
+uploads published longer ago than that, the same way: under the upload's lock, after a
+second look (`RetainingStore.completed_at`). Only the record goes: `HEAD/GET
+/uploads/{id}` answer 404 afterwards and the id cannot be created again (409
+`upload_complete`), while the published file stays in `files/{id}` and `GET /files/{id}`
+still serves it.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ from transfer.common.metrics import Metrics
 from transfer.core.events import Event
 from transfer.core.lifecycle import Trigger, allows, stage_of
 from transfer.server.locks import KeyedLocks
-from transfer.store.base import ExpiringStore, UploadStore
+from transfer.store.base import ExpiringStore, RetainingStore, UploadStore
 
 log = structlog.get_logger("transfer.expiry")
 
@@ -67,3 +75,39 @@ async def sweep_forever(
     while True:
         await asyncio.sleep(interval)
         await sweep_once(store, locks, metrics, ttl=ttl, now=now)
+
+
+async def sweep_records_once(
+    store: RetainingStore,
+    locks: KeyedLocks,
+    metrics: Metrics,
+    *,
+    ttl: float,
+    now: Callable[[], float],
+) -> list[str]:
+    """Remove the record of every upload published longer than `ttl` ago; returns ids."""
+    removed = []
+    for upload_id in await store.completed_before(now() - ttl):
+        async with locks.hold(upload_id):
+            published = await store.completed_at(upload_id)
+            if published is None or now() - published <= ttl:
+                continue  # removed, or published again meanwhile
+            await store.forget_record(upload_id)
+        removed.append(upload_id)
+        metrics.inc("transfer_records_expired_total")
+        log.info(Event.RECORD_EXPIRED, upload_id=upload_id, age_s=round(now() - published))
+    return removed
+
+
+async def sweep_records_forever(
+    store: RetainingStore,
+    locks: KeyedLocks,
+    metrics: Metrics,
+    *,
+    ttl: float,
+    now: Callable[[], float],
+) -> None:
+    interval = min(ttl / 4, 600.0)
+    while True:
+        await asyncio.sleep(interval)
+        await sweep_records_once(store, locks, metrics, ttl=ttl, now=now)

@@ -32,10 +32,13 @@ class ServerConfig:
     max_partial: int = 256 * 1024 * MiB  # all partial uploads together
     reserve: int = 256 * MiB  # disk space never handed to uploads
     partial_ttl: float = 24 * 3600.0  # a partial upload idle this long is removed
+    record_ttl: float | None = None  # a completed record this old is removed; None: kept
     retry_after: int = 1
     token: str | None = None  # bearer token; None: no authentication (loopback use)
     protect_metrics: bool = False
     tus_path: str | None = "/tus/"  # the tus 1.0 front-end's base path; None: no tus
+    # the IETF resumable-upload front-end's base path; None: switched off
+    ietf_path: str | None = "/resumable/"
     cors_origins: tuple[str, ...] = ()  # origins browsers may upload from ("*": any)
     clock: Callable[[], float] = time.time  # wall clock, for expiry
     monotonic: Callable[[], float] = time.monotonic  # for a body's average rate

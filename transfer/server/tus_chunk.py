@@ -32,30 +32,16 @@ from transfer.core.errors import (
     PayloadTooLarge,
     ProtocolError,
 )
-from transfer.core.events import Event
 from transfer.core.lifecycle import Trigger, stage_of
 from transfer.core.protocol import ChunkPlan, ChunkRange, plan_chunk
 from transfer.core.records import UploadInfo
-from transfer.server.body import request_body
-from transfer.server.middleware import BYTES
+from transfer.server import intake
+from transfer.server.intake import body_length
 from transfer.server.state import ServerState
 
 log = structlog.get_logger("transfer.server")
 
 PROTOCOL = "tus"
-
-
-def body_length(request: web.Request) -> int:
-    """The body's length: `Content-Length`, or 0 when there is no body.
-
-    Raises:
-        ProtocolError: `length_required` (411) for a chunked body.
-    """
-    if request.content_length is not None:
-        return request.content_length
-    if request.body_exists:
-        raise ProtocolError(Code.LENGTH_REQUIRED, "a tus body needs Content-Length")
-    return 0
 
 
 def check_content_type(request: web.Request) -> None:
@@ -125,40 +111,18 @@ async def _receive(
     plan: ChunkPlan,
     checksum: tus.Checksum | None,
 ) -> UploadInfo:
-    upload_id = info.spec.upload_id
     digest = {checksum.algorithm: checksum.digest} if checksum else {}
     try:
-        async with state.admission.receiving(plan.write):
-            body = request_body(request, state.config)
-            return await state.store.write_chunk(upload_id, plan, body, digest)
+        return await intake.receive(state, request, info, plan, digest, protocol=PROTOCOL)
     except DigestMismatch as exc:
         # tus names this refusal 460; the store already cut the chunk back.
         raise DigestMismatch(Code.CHECKSUM_MISMATCH, exc.detail) from exc
-    finally:
-        after = await state.store.get(upload_id)
-        written = (after.state.offset if after else info.state.offset) - info.state.offset
-        request[BYTES] = written
-        state.metrics.inc("transfer_bytes_received_total", written, protocol=PROTOCOL)
 
 
 async def finalize(state: ServerState, upload_id: str) -> UploadInfo:
-    """Verify (against a declared `Repr-Digest`, if any) and publish; count and log it.
+    """Verify and publish (`intake.finalize` under the tus label).
 
     Raises:
         DigestMismatch: `repr_digest_mismatch`; the upload was reset to offset 0.
     """
-    try:
-        info = await state.store.finalize(upload_id)
-    except DigestMismatch:
-        log.warning(Event.UPLOAD_RESET, reason="repr_digest_mismatch", protocol=PROTOCOL)
-        raise
-    record = info.record
-    assert record is not None  # finalize returns a record or raises
-    state.metrics.inc("transfer_uploads_completed_total", protocol=PROTOCOL)
-    log.info(
-        Event.UPLOAD_COMPLETED,
-        size=record.size,
-        digest=integrity.to_hex(record.digests).get(integrity.PREFERRED),
-        protocol=PROTOCOL,
-    )
-    return info
+    return await intake.finalize(state, upload_id, PROTOCOL)

@@ -5,6 +5,10 @@
     QuotaStore       how much the store holds for partial uploads and how much room is left
     ExpiringStore    when partial uploads last changed, for expiry and `Upload-Expires`
     ServerStore      all of the above: what `transfer serve` needs
+  optional, asked with isinstance():
+    CountedStore     records read and what is held in memory (`StoreCounts`), for /metrics
+                     and for the conformance test that start-up does not read history
+    RetainingStore   completed uploads' records by age, for `--record-ttl`
 
 No path, file descriptor or other storage detail crosses the seam; a handler that
 needs one is a handler that cannot run on another store. Every store passes the
@@ -35,13 +39,18 @@ Invariants every `UploadStore` keeps:
   `delete` on an id while a `write_chunk` on that id is in flight: it raises
   `Conflict(Code.UPLOAD_CONFLICT)` and changes nothing.
 - Nothing here blocks the event loop: file-system calls run in threads.
+- Opening a store reads what is unfinished (partial uploads, interrupted publications),
+  never the records of completed uploads: those are read when asked for, and whatever a
+  store keeps of them in memory is bounded. `CountedStore.counts().records_read` is how
+  the conformance suite checks it.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterable
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Protocol, Self
+from typing import Protocol, Self, runtime_checkable
 
 from transfer.core.integrity import Digests
 from transfer.core.protocol import ChunkPlan
@@ -176,4 +185,47 @@ class ServerStore(UploadStore, QuotaStore, ExpiringStore, Protocol):
     """Everything `transfer serve` needs from a store."""
 
 
-__all__ = ["ExpiringStore", "PublishedFile", "QuotaStore", "ServerStore", "UploadStore"]
+@dataclass(frozen=True, slots=True)
+class StoreCounts:
+    """Sizes a store reports for /metrics; none of them is per id."""
+
+    records_read: int  # upload records read from storage since this instance was made
+    partials: int  # unfinished uploads it tracks
+    cached: int  # completed uploads' records held in memory
+    cache_capacity: int  # the bound on `cached` (0: no cache)
+
+
+@runtime_checkable
+class CountedStore(Protocol):
+    def counts(self) -> StoreCounts: ...
+
+
+@runtime_checkable
+class RetainingStore(Protocol):
+    """Completed uploads' records by age, so `--record-ttl` can remove old ones."""
+
+    async def completed_before(self, cutoff: float) -> list[str]:
+        """Ids of completed uploads published before `cutoff` (a Unix timestamp)."""
+        ...
+
+    async def completed_at(self, upload_id: str) -> float | None:
+        """When the upload was published; None unless it is a completed upload."""
+        ...
+
+    async def forget_record(self, upload_id: str) -> None:
+        """Remove a completed upload's record: `get` answers None afterwards, and
+        `create` refuses the id (`upload_complete`: ids are never reused). The published
+        file stays, and `open_file` still opens it."""
+        ...
+
+
+__all__ = [
+    "CountedStore",
+    "ExpiringStore",
+    "PublishedFile",
+    "QuotaStore",
+    "RetainingStore",
+    "ServerStore",
+    "StoreCounts",
+    "UploadStore",
+]

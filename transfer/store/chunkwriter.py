@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
-from pathlib import Path
 
 from transfer.common.fsutil import write_all
 from transfer.core.errors import Code, InsufficientStorage, StorageFailure
@@ -47,7 +46,7 @@ class ChunkWriter(ChunkIntake):
 
     @classmethod
     async def open(
-        cls, path: Path, offset: int, plan: ChunkPlan, digest: Digests, *, durable: bool
+        cls, path: str, offset: int, plan: ChunkPlan, digest: Digests, *, durable: bool
     ) -> ChunkWriter:
         """A writer for `path`, positioned at `offset` (opened in a thread)."""
         fd = await asyncio.to_thread(_open_at, path, offset)
@@ -114,7 +113,7 @@ class ChunkWriter(ChunkIntake):
             os.close(self.fd)
 
 
-def _open_at(path: Path, offset: int) -> int:
+def _open_at(path: str, offset: int) -> int:
     fd = os.open(path, os.O_WRONLY)
     try:
         os.lseek(fd, offset, os.SEEK_SET)

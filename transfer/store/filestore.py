@@ -1,6 +1,12 @@
 """`FileStore`: the `ServerStore` on a local file system (layout in `layout.py`).
 
 Invariants (beyond the seam's, in `base.py`):
+- Memory does not grow with history. Unfinished uploads are tracked (their offsets, for
+  the quota, from start-up on; their state once touched): they are what is unfinished.
+  Completed uploads' records sit in an LRU of `cache_size` entries (`--cache-size`),
+  read from `records/` on a miss. A record never changes once written, so a cached one
+  is never stale; the two ways an id stops existing (`delete` of a partial upload,
+  `forget_record` for `--record-ttl`) drop it from every table first.
 - The offset is the `.part` file's length on disk, read at first use; afterwards this
   process is its only writer, so the cached number always equals the disk. A load that
   raced with a change (another request cached the id, or a delete happened meanwhile)
@@ -28,22 +34,31 @@ from transfer.core.errors import DigestMismatch
 from transfer.core.integrity import Digests
 from transfer.core.protocol import ChunkPlan, UploadState
 from transfer.core.records import FileRecord, UploadInfo, UploadSpec, check_same, declared
-from transfer.store.base import PublishedFile
+from transfer.store.base import PublishedFile, StoreCounts
 from transfer.store.chunkwriter import ChunkWriter
 from transfer.store.layout import DiskLayout
+from transfer.store.lru import LRU
 from transfer.store.shared import InFlight, RunningHash, whole_algorithms
+
+DEFAULT_CACHE_SIZE = 10_000  # completed records kept in memory: about 10 MiB
 
 
 class FileStore:
-    """`ServerStore` on a local file system (see `layout.py` for the files)."""
+    """`ServerStore` on a local file system (see `layout.py` for the files); also a
+    `CountedStore` and a `RetainingStore`."""
 
-    def __init__(self, data_dir: Path, *, durable: bool = True) -> None:
+    def __init__(
+        self, data_dir: Path, *, durable: bool = True, cache_size: int = DEFAULT_CACHE_SIZE
+    ) -> None:
         self._disk = DiskLayout(data_dir, durable=durable)
         self.uploads_dir = self._disk.uploads_dir
         self.files_dir = self._disk.files_dir
+        self.records_dir = self._disk.records.root
         self._durable = durable
-        self._cache: dict[str, UploadInfo] = {}
-        self._partial: dict[str, int] = {}  # offsets of incomplete uploads, for the quota
+        self._open: dict[str, UploadInfo] = {}  # unfinished uploads touched since start
+        self._done: LRU[str, UploadInfo] = LRU(cache_size)  # completed ones, bounded
+        self._partial: dict[str, int] = {}  # offsets of unfinished uploads, for the quota
+        self.migrated = 0  # flat-layout records moved into records/ by `open`
         self.partial_bytes = 0
         self._running: dict[str, RunningHash] = {}
         self._deletions = 0  # bumped by every delete, so a racing load knows to re-read
@@ -51,19 +66,37 @@ class FileStore:
         self._cleanups: set[asyncio.Future[None]] = set()
 
     def open(self) -> list[str]:
-        """Create the layout and finish interrupted publications; returns ids recovered."""
-        recovered, sizes = self._disk.recover()
-        self._partial = sizes
-        self.partial_bytes = sum(sizes.values())
-        return recovered
+        """Create the layout, finish interrupted publications and migrate a flat layout
+        (`migrated` counts it); returns the ids whose publication was finished. Reads
+        `uploads/` only: the unfinished set, never the records of history."""
+        found = self._disk.recover()
+        self._partial = found.sizes
+        self.partial_bytes = sum(found.sizes.values())
+        self.migrated = found.migrated
+        return found.recovered
+
+    def counts(self) -> StoreCounts:
+        return StoreCounts(
+            records_read=self._disk.reads,
+            partials=len(self._partial),
+            cached=len(self._done),
+            cache_capacity=self._done.capacity,
+        )
+
+    def _cached(self, upload_id: str) -> UploadInfo | None:
+        return self._open.get(upload_id) or self._done.get(upload_id)
 
     def _remember(self, info: UploadInfo) -> None:
         """Cache `info` and keep the partial-bytes total in step with it."""
         upload_id = info.spec.upload_id
-        self._cache[upload_id] = info
-        size = 0 if info.record is not None else info.state.offset
-        self.partial_bytes += size - self._partial.get(upload_id, 0)
-        self._partial[upload_id] = size
+        if info.record is not None:
+            self._open.pop(upload_id, None)
+            self.partial_bytes -= self._partial.pop(upload_id, 0)
+            self._done.put(upload_id, info)
+            return
+        self._open[upload_id] = info
+        self.partial_bytes += info.state.offset - self._partial.get(upload_id, 0)
+        self._partial[upload_id] = info.state.offset
 
     # --- QuotaStore and ExpiringStore -------------------------------------------------
 
@@ -79,16 +112,16 @@ class FileStore:
     # --- UploadStore --------------------------------------------------------------------
 
     async def get(self, upload_id: str) -> UploadInfo | None:
-        while (cached := self._cache.get(upload_id)) is None:
+        while (cached := self._cached(upload_id)) is None:
             deletions = self._deletions
             info = await asyncio.to_thread(self._disk.read, upload_id)
-            if upload_id in self._cache:
+            if self._cached(upload_id) is not None:
                 continue  # cached meanwhile, by a load or a change: that is newer
             if deletions != self._deletions:
                 continue  # a delete ran meanwhile: what we read may be gone
-            if info is None:
-                return None
-            self._remember(info)
+            if info is not None:
+                self._remember(info)
+            return info  # not `cached`: with --cache-size 0 a record is never cached
         return cached
 
     async def create(self, spec: UploadSpec) -> UploadInfo:
@@ -243,12 +276,14 @@ class FileStore:
         return await asyncio.to_thread(self._disk.hash_part, info.spec.upload_id, algorithms)
 
     async def _publish(self, spec: UploadSpec, record: FileRecord) -> None:
-        """Record first, then the rename; one fsync per directory, both at once."""
+        """Record first, then the rename; one fsync per directory, both at once; then
+        the upload leaves `uploads/`."""
         await asyncio.to_thread(self._disk.publish, spec, record)
         await asyncio.gather(
             asyncio.to_thread(self._disk.sync_dirs, self.uploads_dir),
             asyncio.to_thread(self._disk.sync_dirs, self.files_dir),
         )
+        await asyncio.to_thread(self._disk.retire, spec.upload_id)
 
     async def delete(self, upload_id: str) -> None:
         """Abort a partial upload: its bytes and parameters are removed."""
@@ -259,9 +294,24 @@ class FileStore:
 
     def _forget(self, upload_id: str) -> None:
         self._deletions += 1
-        self._cache.pop(upload_id, None)
+        self._open.pop(upload_id, None)
+        self._done.pop(upload_id)
         self.partial_bytes -= self._partial.pop(upload_id, 0)
         self._running.pop(upload_id, None)
+
+    # --- RetainingStore (--record-ttl) ----------------------------------------------------
+
+    async def completed_before(self, cutoff: float) -> list[str]:
+        return await asyncio.to_thread(self._disk.records.older_than, cutoff)
+
+    async def completed_at(self, upload_id: str) -> float | None:
+        return await asyncio.to_thread(self._disk.records.modified, upload_id)
+
+    async def forget_record(self, upload_id: str) -> None:
+        """Remove the record only; `files/{id}` stays (that path is a contract)."""
+        self._forget(upload_id)
+        await asyncio.to_thread(self._disk.records.remove, upload_id)
+        self._forget(upload_id)  # in case a racing load cached it before the unlink
 
     async def open_file(self, upload_id: str) -> PublishedFile | None:
         return await asyncio.to_thread(self._disk.open_published, upload_id)

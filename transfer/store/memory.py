@@ -26,7 +26,7 @@ from transfer.core.errors import DigestMismatch
 from transfer.core.integrity import Digests, MultiHasher
 from transfer.core.protocol import ChunkPlan, UploadState
 from transfer.core.records import FileRecord, UploadInfo, UploadSpec, check_same, declared
-from transfer.store.base import PublishedFile
+from transfer.store.base import PublishedFile, StoreCounts
 from transfer.store.shared import (
     ChunkIntake,
     ClosingReader,
@@ -107,6 +107,13 @@ class MemoryStore:
         self._clock = clock
         self._running: dict[str, RunningHash] = {}
         self._writing = InFlight()
+        self._reads = 0  # records looked up in the backing (its "storage"), for `counts`
+
+    def counts(self) -> StoreCounts:
+        """Nothing is read at start-up and nothing is cached: every `get` reads."""
+        return StoreCounts(
+            records_read=self._reads, partials=len(self.backing.parts), cached=0, cache_capacity=0
+        )
 
     # --- QuotaStore and ExpiringStore -------------------------------------------------
 
@@ -130,6 +137,7 @@ class MemoryStore:
         spec = self.backing.specs.get(upload_id)
         if spec is None:
             return None
+        self._reads += 1
         record = self.backing.records.get(upload_id)
         if record is not None:
             return UploadInfo(spec, UploadState(record.size, record.size), record)

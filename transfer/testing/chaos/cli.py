@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from transfer.core.units import parse_duration
-from transfer.testing.chaos.config import SIDES, ChaosConfig, ChaosError, ChaosReport
+from transfer.testing.chaos.config import PROTOCOLS, SIDES, ChaosConfig, ChaosError, ChaosReport
 from transfer.testing.chaos.invariants import check_invariants
 from transfer.testing.chaos.run import Run
 from transfer.testing.faultproxy import Fault, Plan, random_plan
@@ -90,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency", type=float, default=0.0)
     p.add_argument("--bandwidth", type=int, default=None)
     p.add_argument("--deadline", type=float, default=1800.0, help="seconds for all cycles")
+    p.add_argument("--protocol", choices=PROTOCOLS, default="native", help="the sender's")
     return p
 
 
@@ -116,6 +117,7 @@ def config_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Ch
         plan=_plan(args),
         sides=sides,
         deadline=args.deadline,
+        protocol=args.protocol,
     )
     # Whatever is left after the cycles is generated at the sender's own pace.
     finish = 120.0 + config.count * parse_duration(config.max_interval)

@@ -18,6 +18,7 @@ POLL = 0.002  # seconds between two looks at logs and the uploads directory
 START_DEADLINE = 20.0  # for a child to announce itself
 STOP_DEADLINE = 25.0  # a stalled body keeps aiohttp lingering up to 10 s after its 408
 SIDES = ("sender", "server")
+PROTOCOLS = ("native", "tus", "ietf")  # `transfer send --protocol` values the runner drives
 
 
 class ChaosError(Exception):
@@ -41,6 +42,7 @@ class ChaosConfig:
     inject_corruption: float = 0.0
     plan: Plan | None = None  # a FaultProxy plan; None runs without the proxy
     sides: tuple[str, ...] = SIDES
+    protocol: str = "native"  # `transfer send --protocol`; the server speaks them all
     cycle_deadline: float = 30.0  # longest wait for one kill moment
     finish_deadline: float = 180.0  # for the sender to finish after the last cycle
     deadline: float = 1800.0  # for the whole run's kill cycles
@@ -54,6 +56,7 @@ class ChaosConfig:
             "--chunk-size", self.chunk_size, "--concurrency", str(self.concurrency),
             "--retry-timeout", self.retry_timeout,
             "--inject-corruption", str(self.inject_corruption),
+            "--protocol", self.protocol,
         ]  # fmt: skip
 
 

@@ -3,7 +3,9 @@
 - the journal (`transfer status --json`) holds exactly `count` files, indices
   0..count-1 of one run, every one confirmed with the server's digest equal to its own;
 - every journaled file is in `DATA_DIR/files/`, byte-identical to its spool copy; every
-  name there is a journaled file (nothing partial or temporary); no `.part` is left for it;
+  name there is a journaled file (nothing partial or temporary); no `.part` is left for it
+  (a file's name there is its upload id: the file id, or the last segment of the
+  journaled `upload_url` where the server named the upload, as tus does);
 - no upload id was completed twice (`transfer report --json` over both logs);
 - no chunk was ever sent from below an offset acknowledged earlier.
 
@@ -74,11 +76,16 @@ def _check_journal(run: Run, entries: list[LogLine]) -> None:
         run.violation(f"{len(confirmed)} files confirmed, expected exactly {count}")
 
 
+def _upload_id(entry: LogLine) -> str:
+    url = entry.get("upload_url")
+    return str(url).rstrip("/").rsplit("/", 1)[-1] if url else str(entry["id"])
+
+
 def _check_published(run: Run, entries: list[LogLine]) -> None:
     report = run.report
     files = run.data_dir / "files"
     published = {p.name: p for p in files.iterdir()} if files.is_dir() else {}
-    journaled = {str(e["id"]): e for e in entries}
+    journaled = {_upload_id(e): e for e in entries}
     for name, found in sorted(published.items()):
         if name not in journaled or not found.is_file():
             report.duplicated += 1

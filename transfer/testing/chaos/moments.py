@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from transfer.core.events import Event
+from transfer.testing.chaos.offsets import upload_of
 from transfer.testing.chaos.uploads import Uploads
 from transfer.testing.children import TransferChild
 from transfer.testing.logs import LogFile
@@ -93,5 +94,5 @@ class Moments:
     def _unconfirmed_completion(self, peer_mark: int) -> bool:
         """The server completed a file after this sender started, and it is not confirmed."""
         completed = self.server_log.named(Event.UPLOAD_COMPLETED, since=peer_mark)
-        confirmed = {e.get("file_id") for e in self.sender_log.named(Event.UPLOAD_CONFIRMED)}
+        confirmed = {upload_of(e) for e in self.sender_log.named(Event.UPLOAD_CONFIRMED)}
         return bool({e.get("upload_id") for e in completed} - confirmed)

@@ -4,7 +4,8 @@ Two views of it: after every server restart each partial upload's `HEAD` offset 
 least the highest offset the sender logged as acknowledged (`check_head`), and no chunk
 is ever sent from below an offset acknowledged earlier (`check_sent`). An
 `upload.mismatch` (the server reset the upload to 0) lawfully forgets what was
-acknowledged for that file.
+acknowledged for that file. Offsets are kept per upload id (`upload_of`): the file id
+natively, the server-assigned id a tus sender binds to its log lines.
 """
 
 from __future__ import annotations
@@ -17,12 +18,18 @@ from transfer.core.events import Event
 from transfer.testing.logs import LogLine
 
 
+def upload_of(event: LogLine) -> str:
+    """The upload a sender's log line is about: `upload_id` where the server named the
+    upload (tus), else the file id (natively the same)."""
+    return str(event.get("upload_id") or event.get("file_id"))
+
+
 def acknowledged(events: Iterable[LogLine]) -> dict[str, int]:
     """Per unconfirmed upload, the highest offset the sender logged as acknowledged."""
     acked: dict[str, int] = {}
     done: set[str] = set()
     for event in events:
-        file_id = str(event.get("file_id"))
+        file_id = upload_of(event)
         if event.get("event") == Event.CHUNK_SENT:
             acked[file_id] = max(acked.get(file_id, 0), int(event.get("acknowledged", 0)))
         elif event.get("event") == Event.UPLOAD_MISMATCH:  # the server reset it to 0
@@ -53,7 +60,7 @@ def check_sent(events: Iterable[LogLine]) -> list[str]:
     acked: dict[str, int] = {}
     found: list[str] = []
     for event in events:
-        file_id = str(event.get("file_id"))
+        file_id = upload_of(event)
         if event.get("event") == Event.UPLOAD_MISMATCH:
             acked.pop(file_id, None)
         elif event.get("event") == Event.CHUNK_SENT:
