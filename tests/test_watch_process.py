@@ -335,3 +335,17 @@ def test_a_256mib_file_written_slowly_while_small_ones_arrive(
                 rename_in(folder, f"small/{i}.bin", written.setdefault(f"small/{i}.bin", block[:i]))
     written["big.bin"] = (folder / "big.bin").read_bytes()
     wait_published(server, written, deadline=240.0)
+
+
+@pytest.mark.parametrize("protocol", ["tus", "ietf"])
+def test_watching_works_over_the_other_protocols(
+    launch: Harness, tmp_path: Path, protocol: str
+) -> None:
+    server = launch.serve(tmp_path / "data")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    watching(launch, server, tmp_path / "spool", folder, "--protocol", protocol)
+    written: Written = {"a.dat": os.urandom(300_000), "sub/b.dat": os.urandom(5000)}
+    rename_in(folder, "a.dat", written["a.dat"])
+    write(folder, "sub/b.dat", written["sub/b.dat"])
+    wait_published(server, written)

@@ -32,6 +32,7 @@ import aiohttp
 
 from transfer.core import integrity
 from transfer.core.errors import BadRequest, Code, RemoteError, TransientError
+from transfer.core.tus import format_metadata
 from transfer.sender.client import Announce, Corruptor, Progress, problem_of, retry_after
 
 PARTIAL_UPLOAD = "application/partial-upload"
@@ -77,7 +78,10 @@ class IetfClient:
         headers = {
             "Upload-Complete": "?1" if size == 0 else "?0",
             "Upload-Length": str(size),
-            "Content-Disposition": f'attachment; filename="{name}"',
+            # The name and metadata as tus spells them (our server reads them on this
+            # endpoint too); Content-Disposition only where a quoted string can hold it.
+            "Upload-Metadata": format_metadata({"filename": name, **metadata}),
+            **_disposition(name),
             "Repr-Digest": integrity.format_digest_field({integrity.PREFERRED: digest}),
         }
         answer = await self._send("POST", self._endpoint, headers=headers, data=b"")
@@ -187,3 +191,9 @@ def _refusal(answer: _Answer) -> TransientError | RemoteError:
     if 200 <= status < 300:
         return TransientError(f"server answered {status} without the headers expected")
     return RemoteError(status, code, detail)
+
+
+def _disposition(name: str) -> dict[str, str]:
+    if name.isascii() and name.isprintable() and not any(c in name for c in '"\\'):
+        return {"Content-Disposition": f'attachment; filename="{name}"'}
+    return {}

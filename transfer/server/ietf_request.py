@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from aiohttp import web
 from aiohttp.multipart import content_disposition_filename, parse_content_disposition
 
-from transfer.core import ietf, integrity
+from transfer.core import ietf, integrity, tus
 from transfer.core.errors import BadRequest, Code, ConfigError
 from transfer.core.ietf import PROTOCOL
 from transfer.core.integrity import Digests
@@ -60,16 +60,20 @@ def creation_spec(request: web.Request, upload_id: str, append: Append) -> Uploa
     """The upload a creation request describes.
 
     Raises:
-        BadRequest: `invalid_metadata` for a filename over `MAX_NAME` characters;
+        BadRequest: `invalid_metadata` for a filename over `MAX_NAME` characters or a
+            malformed `Upload-Metadata`;
             `invalid_digest` for a malformed `Repr-Digest`.
     """
-    metadata = {}
+    # tus's `Upload-Metadata`, accepted here too as an extension (the draft has no
+    # metadata header): our sender carries a watched file's path and version in it.
+    metadata = tus.parse_metadata(request.headers.get("Upload-Metadata"))
     content_type = request.headers.get("Content-Type")
     if content_type and request.content_type != ietf.PARTIAL_UPLOAD:
-        metadata["filetype"] = content_type
+        metadata.setdefault("filetype", content_type)
+    filename = _filename(request.headers.get("Content-Disposition"))
     return UploadSpec(
         upload_id,
-        _filename(request.headers.get("Content-Disposition")),
+        filename or tus.name_of(metadata),
         append.told,
         metadata,
         _digests(request, "Repr-Digest"),
