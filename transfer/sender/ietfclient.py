@@ -34,6 +34,7 @@ from transfer.core import integrity
 from transfer.core.errors import BadRequest, Code, RemoteError, TransientError
 from transfer.core.tus import format_metadata
 from transfer.sender.client import Announce, Corruptor, Progress, problem_of, retry_after
+from transfer.sender.urlbook import UrlBook
 
 PARTIAL_UPLOAD = "application/partial-upload"
 _TRANSIENT_CODES = frozenset({Code.CHUNK_DIGEST_MISMATCH})
@@ -46,7 +47,7 @@ class _Answer:
     payload: bytes
 
 
-class IetfClient:
+class IetfClient(UrlBook):
     """`Client` for the IETF resumable-upload draft at `endpoint`."""
 
     inline_create = False
@@ -58,23 +59,14 @@ class IetfClient:
         self._session = session
         self._endpoint = endpoint if endpoint.endswith("/") else endpoint + "/"
         self._corrupt = corruptor
-        self._urls: dict[str, str] = {}  # file id -> upload URL, while it is delivered
-
-    def adopt(self, file_id: str, location: str | None) -> None:
-        if location is not None:
-            self._urls[file_id] = location
-
-    def forget(self, file_id: str) -> None:
-        self._urls.pop(file_id, None)
+        super().__init__()
 
     async def create(
         self, file_id: str, *, name: str, size: int, metadata: Mapping[str, str], digest: bytes
     ) -> Progress:
         """The adopted upload if the server still has it; else a new one (`created`)."""
-        if file_id in self._urls:
-            known = await self.query(file_id)
-            if not known.missing:
-                return known
+        if (known := await self._adopted(file_id)) is not None:
+            return known
         headers = {
             "Upload-Complete": "?1" if size == 0 else "?0",
             "Upload-Length": str(size),

@@ -43,6 +43,7 @@ from transfer.core import integrity
 from transfer.core.errors import BadRequest, Code, RemoteError, TransientError
 from transfer.core.tus import CHECKSUMS, OFFSET_OCTET_STREAM, VERSION, format_metadata
 from transfer.sender.client import Announce, Corruptor, Progress, Verified, problem_of, retry_after
+from transfer.sender.urlbook import UrlBook
 
 _GONE = (404, 410)
 # Checksum algorithms we would send, best first (tus names; see core.tus.CHECKSUMS).
@@ -76,7 +77,7 @@ class Discovery:
         return Verified.PER_CHUNK_CHECKSUM if self.checksum else Verified.LENGTH_ONLY
 
 
-class TusClient:
+class TusClient(UrlBook):
     """`Client` for a tus 1.0.0 server whose creation URL is `endpoint`."""
 
     inline_create = False
@@ -92,24 +93,15 @@ class TusClient:
         self._session = session
         self._endpoint = endpoint if endpoint.endswith("/") else endpoint + "/"
         self._corrupt = corruptor
-        self._urls: dict[str, str] = {}  # file id -> upload URL, while it is delivered
+        super().__init__()
         self._discovery: Discovery | None = None  # OPTIONS, asked once
-
-    def adopt(self, file_id: str, location: str | None) -> None:
-        if location is not None:
-            self._urls[file_id] = location
-
-    def forget(self, file_id: str) -> None:
-        self._urls.pop(file_id, None)
 
     async def create(
         self, file_id: str, *, name: str, size: int, metadata: Mapping[str, str], digest: bytes
     ) -> Progress:
         """The adopted upload if the server still has it; else a new one (`created`)."""
-        if file_id in self._urls:
-            known = await self.query(file_id)
-            if not known.missing:
-                return known
+        if (known := await self._adopted(file_id)) is not None:
+            return known
         headers = {
             "Upload-Length": str(size),
             "Upload-Metadata": format_metadata({"filename": name, **metadata}),
