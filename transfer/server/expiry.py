@@ -18,7 +18,7 @@ still serves it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import structlog
@@ -71,10 +71,7 @@ async def sweep_forever(
     ttl: float,
     now: Callable[[], float],
 ) -> None:
-    interval = min(ttl / 4, 60.0)
-    while True:
-        await asyncio.sleep(interval)
-        await sweep_once(store, locks, metrics, ttl=ttl, now=now)
+    await _every(min(ttl / 4, 60.0), lambda: sweep_once(store, locks, metrics, ttl=ttl, now=now))
 
 
 async def sweep_records_once(
@@ -107,7 +104,13 @@ async def sweep_records_forever(
     ttl: float,
     now: Callable[[], float],
 ) -> None:
-    interval = min(ttl / 4, 600.0)
+    await _every(
+        min(ttl / 4, 600.0), lambda: sweep_records_once(store, locks, metrics, ttl=ttl, now=now)
+    )
+
+
+async def _every(interval: float, sweep: Callable[[], Awaitable[object]]) -> None:
+    """Run `sweep` every `interval` seconds, for ever (until cancelled)."""
     while True:
         await asyncio.sleep(interval)
-        await sweep_records_once(store, locks, metrics, ttl=ttl, now=now)
+        await sweep()
