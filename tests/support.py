@@ -13,9 +13,14 @@ byte-identical on the server.
 
 from __future__ import annotations
 
+import os
+import shutil
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import NoReturn
+
+import pytest
 
 from transfer.sender.journal import FileJournal, FileState, JournalEntry
 from transfer.testing.harness import (
@@ -43,7 +48,9 @@ __all__ = [
     "completions",
     "free_port",
     "metric",
+    "missing_piece",
     "named",
+    "node_with",
     "read_journal",
     "read_meta",
     "run_transfer",
@@ -93,3 +100,26 @@ def assert_delivered(spool: Path, data_dir: Path, count: int) -> list[JournalEnt
         assert stored.read_bytes() == Path(entry.path).read_bytes(), entry.file_id
         assert entry.server_digest == entry.digest
     return entries
+
+
+# --- external pieces ---------------------------------------------------------------
+
+
+def missing_piece(reason: str) -> NoReturn:
+    """A test cannot run here for want of something outside Python: skip it, except
+    under CI=true, where a missing piece fails the run instead of hiding."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI=true: not skipping)", pytrace=False)
+    pytest.skip(reason)
+
+
+def node_with(folder: Path, packages: Iterable[str], needs: str) -> str:
+    """The path of `node`, once it and `folder`'s npm `packages` are installed; else
+    `missing_piece`, naming what `needs` them and how to install them."""
+    node = shutil.which("node")
+    missing = [] if node else ["node"]
+    if not all((folder / "node_modules" / p / "package.json").exists() for p in packages):
+        missing.append(f"{folder.name}/node_modules (run `npm ci --prefix tests/{folder.name}`)")
+    if missing or node is None:
+        missing_piece(f"{needs} need {', '.join(missing)}")
+    return node

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -31,6 +29,7 @@ import pytest
 import requests
 import xxhash
 from conftest import StartServer
+from support import node_with
 
 from transfer.core.errors import Code
 from transfer.core.events import Event
@@ -44,19 +43,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 
 def _node() -> str:
-    node = shutil.which("node")
-    missing = []
-    if node is None:
-        missing.append("node")
-    if not (JS / "node_modules" / "tus-js-client" / "package.json").exists():
-        missing.append("tests/js/node_modules (run `npm ci --prefix tests/js`)")
-    if missing:
-        reason = f"tus-js-client tests need {', '.join(missing)}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{reason} (CI=true: not skipping)", pytrace=False)
-        pytest.skip(reason)
-    assert node is not None
-    return node
+    return node_with(JS, ("tus-js-client",), "tus-js-client tests")
 
 
 def upload(

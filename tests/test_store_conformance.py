@@ -20,7 +20,6 @@ from transfer.store.memory import MemoryBacking, MemoryStore
 
 # The S3 store's services and its `s3_stores` factory, registered once for the session
 # (importing the fixtures into two modules would start each service twice).
-pytest_plugins = ["services"]
 pytestmark = pytest.mark.timeout(30)
 
 

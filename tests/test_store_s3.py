@@ -21,7 +21,6 @@ from transfer.core.protocol import ChunkPlan
 from transfer.core.records import UploadSpec
 from transfer.store.s3.intake import PART_MIN
 
-pytest_plugins = ["services"]  # the session fixtures, registered once
 pytestmark = pytest.mark.timeout(60)
 
 

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ from typing import Any
 import pytest
 import requests
 from conftest import StartServer
+from support import node_with
 from tusclient import client as tus_client
 from tusclient.exceptions import TusCommunicationError
 from tusclient.storage.filestorage import FileStorage
@@ -139,19 +138,7 @@ def test_tuspy_checksum_mismatch_is_refused(serve_process: StartServer, tmp_path
 
 
 def _node() -> str:
-    node = shutil.which("node")
-    missing = []
-    if node is None:
-        missing.append("node")
-    if not (JS / "node_modules" / "tus-js-client" / "package.json").exists():
-        missing.append("tests/js/node_modules (run `npm ci --prefix tests/js`)")
-    if missing:
-        reason = f"tus-js-client tests need {', '.join(missing)}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{reason} (CI=true: not skipping)", pytrace=False)
-        pytest.skip(reason)
-    assert node is not None
-    return node
+    return node_with(JS, ("tus-js-client",), "tus-js-client tests")
 
 
 @pytest.mark.parametrize(
