@@ -16,7 +16,7 @@ from pathlib import Path
 TMP_SUFFIX = ".tmp"
 
 
-def fsync_dir(path: Path) -> None:
+def fsync_dir(path: str | Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -24,13 +24,17 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes, *, sync: bool = True, sync_dir: bool = True) -> None:
+def write_atomic(
+    path: str | Path, data: bytes, *, sync: bool = True, sync_dir: bool = True
+) -> None:
     """Replace `path` with `data` atomically; durably unless `sync` is False.
 
     `sync_dir=False` leaves the directory fsync to a caller that renames more entries
-    in the same directory and syncs it once afterwards.
+    in the same directory and syncs it once afterwards. A `str` path stays a `str`
+    (see `transfer.store.ospath` for why names with ids are never made `Path`s).
     """
-    tmp = path.with_name(path.name + TMP_SUFFIX)
+    name = os.fspath(path)
+    tmp = name + TMP_SUFFIX
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         write_all(fd, data)
@@ -38,9 +42,9 @@ def write_atomic(path: Path, data: bytes, *, sync: bool = True, sync_dir: bool =
             os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(tmp, path)
+    os.replace(tmp, name)
     if sync and sync_dir:
-        fsync_dir(path.parent)
+        fsync_dir(os.path.dirname(name))  # noqa: PTH120 (no Path for a name with an id)
 
 
 def write_all(fd: int, data: bytes | memoryview) -> None:

@@ -7,42 +7,20 @@ by about 0.4 KiB per upload, forever (docs/benchmarks.md, "Server soak"). Direct
 paths, of which there are few, stay `Path`s; a name with an id in it is only ever a
 `str` joined here.
 
-Invariant: `write_atomic` leaves the old file or the whole new one, never a mix
-(temporary name ending `.tmp`, fsync, rename, fsync of the directory), as
-`transfer.common.fsutil.write_atomic` does for `Path`s.
+`fsync_dir` and `write_atomic` are `transfer.common.fsutil`'s, which take `str` paths
+as they are.
 """
 
-# ruff: noqa: PTH108, PTH116, PTH120  -- os on str paths is this module's point (above)
+# ruff: noqa: PTH108, PTH116  -- os on str paths is this module's point (above)
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
 
-from transfer.common.fsutil import TMP_SUFFIX, write_all
-
-
-def fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: str, data: bytes, *, sync: bool, sync_dir: bool = True) -> None:
-    """Replace `path` with `data` atomically; durably unless `sync` is False."""
-    tmp = path + TMP_SUFFIX
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        write_all(fd, data)
-        if sync:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    if sync and sync_dir:
-        fsync_dir(os.path.dirname(path))
+# Re-exported: both take `str` paths and never build a `Path` from one.
+from transfer.common.fsutil import fsync_dir as fsync_dir  # noqa: PLC0414
+from transfer.common.fsutil import write_atomic as write_atomic  # noqa: PLC0414
 
 
 def read(path: str) -> bytes | None:
