@@ -310,6 +310,11 @@ def test_server_down_while_files_arrive_all_delivered_in_arrival_order(
         sender.wait_for(journaled(i + 1), f"file {i} journaled")
     server = launch.serve(data, port=port)
     wait_published(server, written)
+    # The server publishes before the sender hears it and logs the confirmation.
+    sender.wait_for(
+        lambda events: len(named(events, Event.UPLOAD_CONFIRMED)) >= len(written),
+        "every confirmation logged",
+    )
     order = {e["file_id"]: e["name"] for e in taken(sender.events())}
     confirmed = [order[e["file_id"]] for e in named(sender.events(), Event.UPLOAD_CONFIRMED)]
     for sub in "ab":
