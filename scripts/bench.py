@@ -14,6 +14,9 @@ by `curl -T` (with and without a `sync` inside the timing) when nginx is install
 Scenarios (issue 5's targets): S1 one large file with fsync, by chunk size; S2 the same
 with `--fsync never`; S3 CPU per GiB and the hashing share; S4 many small files and the
 brief's schedule; S5 peak RSS; S6 bytes re-sent after a `kill -9` of the sender.
+Peers (issue 13, `benchlib/peers.py`): P1 the S4 job and P2 the large file, both through
+`transfer send --protocol tus`, to `transfer serve` (fsync always and never), to
+`@tus/server` under Node (tests/node-tus-server) and to tusd when `$TUSD` names a binary.
 
 Invariants:
 - `os.sync()` runs before every timed run, so no run pays for its predecessor's writeback.

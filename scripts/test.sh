@@ -42,6 +42,21 @@ if [ ! -x /usr/bin/chromium ]; then
       "(and FAIL under CI=true); install it with: sudo apt-get install chromium" >&2
   fi
 fi
+echo "== nginx (tests/test_cluster.py: Debian's nginx-light in front of the replicas)"
+# The cluster tests (and scripts/cluster.sh) put nginx in front of three replicas; it
+# comes from Debian's packages, installed only as root and only when missing; without it
+# those tests skip, or fail under CI=true.
+if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+      --no-install-recommends nginx-light \
+      || echo "!! apt-get could not install nginx-light: the cluster tests will skip" \
+        "(and FAIL under CI=true)" >&2
+  else
+    echo "!! nginx missing and not root: the cluster tests will skip" \
+      "(and FAIL under CI=true); install it with: sudo apt-get install nginx-light" >&2
+  fi
+fi
 if command -v npm >/dev/null && command -v node >/dev/null; then
   if [ ! -f tests/browser/node_modules/.package-lock.json ] \
     || [ tests/browser/package-lock.json -nt tests/browser/node_modules/.package-lock.json ]; then

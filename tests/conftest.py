@@ -8,6 +8,8 @@
   started by the one harness (`transfer.testing.harness`): its log, stdout and stderr go
   to files (so it never blocks on a full pipe) and the URL is read from the JSON
   `server.started` line. Every child is gone at teardown.
+- `launch` / `server`: the same harness per test (tmp_path), and one `transfer serve` on
+  tmp_path/data started by it.
 
 Nothing here sleeps to synchronize: waits are polls or blocking reads with a deadline.
 """
@@ -147,6 +149,19 @@ def serve_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartSer
     with Harness(tmp_path_factory.mktemp("children")) as harness:
         yield harness.serve
         harness.close(gracefully=True)
+
+
+@pytest.fixture
+def launch(tmp_path: Path) -> Iterator[Harness]:
+    """The test's own harness: its children (`serve`, `send`, `spawn`) end at teardown."""
+    with Harness(tmp_path) as harness:
+        yield harness
+
+
+@pytest.fixture
+def server(launch: Harness, tmp_path: Path) -> ServerProcess:
+    """`transfer serve` on tmp_path/data, a child of `launch`."""
+    return launch.serve(tmp_path / "data")
 
 
 async def chunks_of(data: bytes, size: int) -> AsyncIterator[bytes]:

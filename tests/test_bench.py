@@ -11,14 +11,16 @@ import sys
 from pathlib import Path
 
 import pytest
+from support import missing_piece
 
 BENCH = Path(__file__).resolve().parent.parent / "scripts" / "bench.py"
 ROW_IDS = ("R1", "R2", "R3", "R4", "R5", "R6", "R7", "R8", "D1", "D2")
-SCENARIOS = ("S1", "S2", "S3", "S4", "S5", "S6")
+SCENARIOS = ("S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8")
+CLUSTER = ("C1", "C2", "C3", "C4")  # a local S3 cluster (scripts/benchlib/cluster.py): ~70 s
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(330)
 def test_quick_bench_reports_every_scenario(tmp_path: Path) -> None:
     out = tmp_path / "bench.md"
     flags = ["--quick", "--repeat", "1", "--work-dir", str(tmp_path / "work"), "--out", str(out)]
@@ -27,7 +29,7 @@ def test_quick_bench_reports_every_scenario(tmp_path: Path) -> None:
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
-        timeout=170,
+        timeout=320,
         check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -40,3 +42,9 @@ def test_quick_bench_reports_every_scenario(tmp_path: Path) -> None:
         measured = [r for r in rows if r.startswith(f"| {scenario} |")]
         assert any("n/a" not in r.split("|")[3] for r in measured), f"{scenario} has no figure"
     assert not any((tmp_path / "work").iterdir()), "the work files were not removed"
+    cluster = [r for r in rows if r.split("|")[1].strip() in CLUSTER]
+    assert {r.split("|")[1].strip() for r in cluster} == set(CLUSTER)
+    skipped = [r.split("|")[-2].strip() for r in cluster if "skipped:" in r]
+    if skipped:  # no nginx, weed or pgserver here: the rows say which
+        missing_piece(f"the cluster rows were {skipped[0]}")
+    assert all("n/a" not in r.split("|")[3] for r in cluster), "a cluster row has no figure"

@@ -116,6 +116,27 @@ def test_tus_and_ietf_uploads_survive_kills_on_both_sides(tmp_path: Path, protoc
     assert report.resumes >= 1
 
 
+@pytest.mark.timeout(300)
+def test_kills_while_the_journal_compacts_every_few_records(tmp_path: Path) -> None:
+    """`--journal-compact-at 1KiB`: the sender folds its journal every few records, and is
+    killed mid-compaction (a checkpoint or log being replaced) as well as at the other
+    moments. Nothing is lost, nothing is sent twice, and the compactions really ran."""
+    config = ChaosConfig(
+        tmp_path / "run", seed=16, cycles=16, count=60, max_interval="250ms",
+        max_size="256KiB", sides=("sender", "sender", "server"), journal_compact_at="1KiB",
+    )  # fmt: skip
+    report = run_chaos(config)
+
+    assert_intact(report, config)
+    assert report.cycles == 16
+    assert report.kills["sender"] >= 6, report.kills
+    assert any("compaction" in moment for moment in report.moments), report.moments
+    sender = LogFile(config.workdir / "sender.log").events()
+    assert len(named(sender, Event.JOURNAL_COMPACTED)) >= 4
+    assert (config.workdir / "spool" / "journal.ckpt").is_file()
+    assert not named(sender, Event.JOURNAL_COMPACTION_FAILED)
+
+
 def proxy_stat(report: ChaosReport, name: str) -> int:
     assert report.proxy is not None
     return report.proxy[name]

@@ -31,9 +31,12 @@ from transfer.testing.harness import HOST, Harness, free_port, run_transfer
 NOBODY = 65534
 # As root: load the whole CLI, drop to nobody, then run the same `main` as `python -m
 # transfer`. Loading comes first because this interpreter's own files may live where
-# nobody cannot read them (a pyenv under /root); a late import would fail loudly.
+# nobody cannot read them (a pyenv under /root); a late import would fail loudly. The CLI
+# imports a subcommand's modules lazily (transfer.cli), so every parser is built here
+# first; `locale` is what argparse's messages import when they are first needed.
 DROP = (
-    "import os, sys; from transfer.cli import main; "
+    "import os, sys, locale; from transfer.cli import build_parser, logs, main, report; "
+    "build_parser(); "
     "os.setgroups([]); os.setgid({uid}); os.setuid({uid}); sys.exit(main(sys.argv[1:]))"
 )
 TIMEOUT = 30.0

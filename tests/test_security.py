@@ -438,7 +438,9 @@ async def test_a_slow_body_attack_does_not_stop_a_normal_upload(make_served: Mak
             task.cancel()
 
     assert statuses[-1] == 200
-    assert [(a.status, a.code) for a in answers] == [(408, "body_too_slow")] * ATTACKERS
+    # Cut by the rate rule, or (one of them) preempted to make room for the normal upload.
+    assert {a.status for a in answers} == {408}
+    assert {a.code for a in answers} <= {"body_too_slow", "body_preempted"}
     assert (served.files_dir / "normal").read_bytes() == data
     assert admission.active == 0
 

@@ -17,10 +17,7 @@ under `CI=true`, where they fail.
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,10 +33,10 @@ from transfer.sender.tusclient import Discovery
 from transfer.testing.faultproxy import Fault
 from transfer.testing.harness import Child, Harness, run_transfer, transfer_command
 from transfer.testing.logs import LogFile, named
+from transfer.testing.nodetus import announced_port, node_argv, node_missing
 from transfer.testing.polling import wait_until
 from transfer.testing.proxythread import ProxyThread
 
-NODE_SERVER = Path(__file__).parent / "node-tus-server"
 KiB, MiB = 1024, 1024 * 1024
 FAST = ("--min-interval", "0ms", "--max-interval", "20ms")
 
@@ -58,35 +55,20 @@ class NodeTus:
         return {upload_id: (self.store / upload_id).read_bytes() for upload_id in ids}
 
 
-def _node_missing() -> str | None:
-    if shutil.which("node") is None:
-        return "node is not installed"
-    if not (NODE_SERVER / "node_modules" / "@tus" / "server").is_dir():
-        return "tests/node-tus-server/node_modules is missing: run scripts/test.sh"
-    return None
-
-
-@pytest.fixture
-def launch(tmp_path: Path) -> Iterator[Harness]:
-    with Harness(tmp_path) as harness:
-        yield harness
-
-
 @pytest.fixture
 def node_tus(launch: Harness, tmp_path: Path) -> NodeTus:
     """`@tus/server` on 127.0.0.1, port 0, announced on its stdout."""
-    missing = _node_missing()
+    missing = node_missing()
     if missing is not None:
         missing_piece(missing)
     out, store = tmp_path / "node.out", tmp_path / "store"
-    argv = ["node", str(NODE_SERVER / "server.mjs"), str(store)]
-    child = launch.spawn(argv, err=tmp_path / "node.err", out=out)
-
-    def announced() -> int | None:
-        lines = out.read_text().splitlines() if out.exists() else []
-        return next((int(json.loads(line)["port"]) for line in lines if "port" in line), None)
-
-    port = wait_until(announced, "@tus/server to listen", alive=child.alive, context=child.report)
+    child = launch.spawn(node_argv(store), err=tmp_path / "node.err", out=out)
+    port = wait_until(
+        lambda: announced_port(out),
+        "@tus/server to listen",
+        alive=child.alive,
+        context=child.report,
+    )
     return NodeTus(child, f"http://127.0.0.1:{port}/files/", store)
 
 

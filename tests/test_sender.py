@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,17 +86,6 @@ class Run:
 @pytest.fixture
 def send(tmp_path: Path) -> Sends:
     return Sends(tmp_path)
-
-
-@pytest.fixture
-def launch(tmp_path: Path) -> Iterator[Launcher]:
-    with Launcher(tmp_path) as launcher:
-        yield launcher
-
-
-@pytest.fixture
-def server(launch: Launcher, tmp_path: Path) -> ServerProcess:
-    return launch.serve(tmp_path / "data")
 
 
 def index_of(entry: JournalEntry) -> int:

@@ -15,7 +15,7 @@ CONFIRMED.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,12 +45,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.chaos, pytest.mark.timeout(90)]
 KiB, MiB = 1024, 1024 * 1024
 FAST = ("--min-interval", "0s", "--max-interval", "0s")
 COMPLETED = "transfer_uploads_completed_total"
-
-
-@pytest.fixture
-def launch(tmp_path: Path) -> Iterator[Harness]:
-    with Harness(tmp_path) as launcher:
-        yield launcher
 
 
 def index_of(entry: JournalEntry) -> int:

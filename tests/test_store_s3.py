@@ -12,14 +12,19 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 
+import asyncpg
+import botocore.exceptions
 import pytest
+from botocore.exceptions import ClientError
 from services import S3Stores, Services, fresh_place, replica
 from store_conformance import body, payload, published, write, xxh
 
-from transfer.core.errors import Code, Conflict
+from transfer.core.errors import Code, Conflict, StorageFailure
 from transfer.core.protocol import ChunkPlan
 from transfer.core.records import UploadSpec
+from transfer.store.s3.failures import db_errors, s3_errors
 from transfer.store.s3.intake import PART_MIN
+from transfer.store.s3.location import redact_dsn
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -114,3 +119,70 @@ def test_the_default_path_never_imports_the_s3_clients() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
     )
     assert done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+# --- pure parts: what a failure becomes, and a DSN as logged --------------------------
+
+
+@pytest.mark.parametrize(
+    ("error", "away"),
+    [
+        (botocore.exceptions.EndpointConnectionError(endpoint_url="http://x"), True),
+        (ConnectionResetError(), True),
+        (ClientError({"Error": {"Code": "SlowDown"}}, "PutObject"), True),
+        (
+            ClientError(
+                {"Error": {"Code": "X"}, "ResponseMetadata": {"HTTPStatusCode": 502}}, "op"
+            ),
+            True,
+        ),
+        (ClientError({"Error": {"Code": "NoSuchKey"}}, "GetObject"), False),
+        (ClientError({"Error": {"Code": "AccessDenied"}}, "PutObject"), False),
+    ],
+)
+async def test_an_s3_failure_is_503_only_while_s3_is_away(error: Exception, away: bool) -> None:
+    with pytest.raises(StorageFailure) as raised:
+        async with s3_errors("put k"):
+            raise error
+    assert raised.value.code == (Code.STORAGE_UNAVAILABLE if away else Code.STORAGE_ERROR)
+    assert ("Retry-After" in raised.value.headers) is away
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (ConnectionRefusedError(), Code.STORAGE_UNAVAILABLE),
+        (TimeoutError(), Code.STORAGE_UNAVAILABLE),
+        (asyncpg.exceptions.CannotConnectNowError("starting up"), Code.STORAGE_UNAVAILABLE),
+        (asyncpg.exceptions.AdminShutdownError("terminating"), Code.STORAGE_UNAVAILABLE),
+        (asyncpg.exceptions.ConnectionDoesNotExistError("closed"), Code.STORAGE_UNAVAILABLE),
+        (asyncpg.exceptions.UndefinedTableError("no table"), Code.STORAGE_ERROR),
+    ],
+)
+async def test_a_database_failure_is_503_only_while_it_is_away(
+    error: Exception, code: Code
+) -> None:
+    with pytest.raises(StorageFailure) as raised:
+        async with db_errors("read upload u"):
+            raise error
+    assert raised.value.code == code
+    assert raised.value.status == (503 if code == Code.STORAGE_UNAVAILABLE else 500)
+
+
+@pytest.mark.parametrize(
+    ("dsn", "logged"),
+    [
+        ("postgresql://u:hunter2@db:5432/x", "postgresql://u:***@db:5432/x"),
+        (
+            "postgresql://u@db/x?sslmode=require&password=hunter2",
+            "postgresql://u@db/x?sslmode=require&password=***",
+        ),
+        ("postgresql:///x?host=/tmp/s", "postgresql:///x?host=/tmp/s"),
+        (
+            "postgresql://postgres:@/postgres?host=/tmp/p",
+            "postgresql://postgres:@/postgres?host=/tmp/p",
+        ),
+    ],
+)
+def test_a_dsn_is_logged_without_its_password(dsn: str, logged: str) -> None:
+    assert redact_dsn(dsn) == logged

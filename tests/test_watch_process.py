@@ -19,7 +19,7 @@ import subprocess
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -32,12 +32,6 @@ from transfer.testing.polling import wait_until
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 FAST = ("--settle", "0.3s", "--rescan", "2s")
 Written = dict[str, bytes]  # what the producer wrote: relative path -> bytes
-
-
-@pytest.fixture
-def launch(tmp_path: Path) -> Iterator[Harness]:
-    with Harness(tmp_path) as launcher:
-        yield launcher
 
 
 def published(data_dir: Path) -> dict[str, list[bytes]]:

@@ -7,8 +7,11 @@ Run by a Python that lacks the project's dependencies (the system `python3` rath
 
 import sys
 
+from transfer.cli import main
+
 try:
-    from transfer.cli import main
+    # The CLI imports a subcommand's dependencies only when it runs (transfer.cli).
+    status = main()
 except ModuleNotFoundError as exc:
     if exc.name is None or exc.name.partition(".")[0] == "transfer":
         raise
@@ -18,4 +21,4 @@ except ModuleNotFoundError as exc:
         "(or use .venv/bin/python -m transfer)"
     )
 
-raise SystemExit(main())
+raise SystemExit(status)

@@ -15,6 +15,9 @@ Modules:
 - `nginx`: finding, installing and starting nginx as a WebDAV reference.
 - `sink`: the minimal aiohttp PUT sink, run as a script of its own.
 - `scenarios`: S1-S6.
+- `longrun`: S7-S8 (issue 15), the server soak and the sender's journal compaction;
+  `soak`: the soak itself, also a script of its own.
+- `peers`: P1/P2, `send --protocol tus` to `transfer serve`, `@tus/server` and tusd.
 - `rows`, `tables`: the report's rows and targets; `facts`: the machine and the report.
 - `cli`: flags, rounds, `main`.
 """

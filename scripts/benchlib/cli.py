@@ -21,8 +21,12 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from benchlib import peers
+from benchlib.cluster import KEY as CLUSTER_KEY
+from benchlib.cluster import cluster_bench
 from benchlib.context import Bench, make_many, make_source
 from benchlib.facts import machine, notes, render
+from benchlib.longrun import sender_compaction, server_soak
 from benchlib.nginx import find_nginx, start_nginx
 from benchlib.plan import FULL, QUICK, Sample
 from benchlib.references import (
@@ -75,8 +79,11 @@ def measurements(bench: Bench) -> list[tuple[str, Measure]]:
         ("s4-schedule", schedule),
         ("s5-concurrent", concurrent),
         ("s6-resume", resume),
+        ("s7-soak", server_soak),
+        ("s8-compaction", sender_compaction),
+        (CLUSTER_KEY, cluster_bench),
     ]
-    return found
+    return found + peers.measurements()  # P1/P2: the same client to peer servers
 
 
 def _bind_large(*, fsync: bool, chunk: int) -> Measure:

@@ -39,6 +39,7 @@ class Bench:
     nginx_note: str = ""
     samples: dict[str, list[Sample]] = field(default_factory=dict)
     runs: int = 0
+    skipped: dict[str, str] = field(default_factory=dict)  # key -> why it has no figure
 
     def path(self, name: str) -> Path:
         self.runs += 1

@@ -42,6 +42,10 @@ class Plan:
     resume_size: int  # S6
     resume_chunk: int
     hash_buffer: int  # S3 in-process hashing
+    soak_uploads: int = 200_000  # S7: small uploads through one server
+    journal_files: int = 100_000  # S8: confirmed files in the sender's spool
+    startup_runs: int = 3  # S7: start-ups timed on each data dir (the median is kept)
+    cluster_files: int = 1000  # C2: small files through the S3 store (benchlib/cluster.py)
 
 
 FULL = Plan(
@@ -69,4 +73,8 @@ QUICK = Plan(
     resume_size=32 * MiB,
     resume_chunk=256 * KiB,
     hash_buffer=16 * MiB,
+    soak_uploads=2000,
+    journal_files=2000,
+    startup_runs=1,
+    cluster_files=40,
 )

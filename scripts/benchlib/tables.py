@@ -1,13 +1,16 @@
 """The rows of the report, built from the samples of every round.
 
 One function per block of the table: references (R), diagnostics (D), then the
-scenarios S1-S6 with their targets. Row ids, wording and targets are what
-docs/benchmarks.md quotes and tests/test_bench.py looks for.
+scenarios S1-S6 with their targets, then S7-S8 (`longrun`). Row ids, wording and
+targets are what docs/benchmarks.md quotes and tests/test_bench.py looks for.
 """
 
 from __future__ import annotations
 
+from benchlib.cluster import cluster_rows
 from benchlib.context import Bench
+from benchlib.longrun import longrun_rows
+from benchlib.peers import peer_rows
 from benchlib.plan import MB, SENDER_HASH_PASSES, SERVER_HASH_PASSES, MiB
 from benchlib.rows import Figures, Row, Target, label, num
 
@@ -183,7 +186,10 @@ def small_rows(f: Figures, bench: Bench) -> list[Row]:
             f.values("s4-many", "files_per_s"),
             target=Target(">= 250 files/s", "value", ">=", 250.0),
             note=f"send.summary confirmed/elapsed; {num(wall)} files/s incl. process start; "
-            f"latency p50 {num(f.median('s4-many', 'p50_ms'))} ms",
+            f"latency p50 {num(f.median('s4-many', 'p50_ms'))} ms; CPU per file: sender (start-up "
+            "included) "
+            f"{num(f.median('s4-many', 'sender_cpu_ms_per_file'))} ms, server "
+            f"{num(f.median('s4-many', 'server_cpu_ms_per_file'))} ms",
         ),
         Row(
             "S4",
@@ -286,4 +292,7 @@ def build_rows(bench: Bench) -> list[Row]:
         *small_rows(f, bench),
         *memory_rows(f, bench),
         *resume_rows(f, bench),
+        *longrun_rows(f, bench),
+        *cluster_rows(f, bench),
+        *peer_rows(f, bench),
     ]

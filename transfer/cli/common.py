@@ -38,7 +38,7 @@ from transfer.core.events import Event
 from transfer.sender.folding import decode_at, folded_entries
 from transfer.sender.journal import LOG_NAME, JournalEntry, Record
 from transfer.sender.reasons import Reason
-from transfer.sender.recovery import Replay, replay
+from transfer.sender.recovery import Replay, replay_beside
 
 TOKEN_ENV = "TRANSFER_TOKEN"
 ENDPOINTS = frozenset({"uploads", "files", "metrics"})  # paths under the server's base URL
@@ -234,7 +234,8 @@ def read_spool(spool: Path) -> tuple[list[JournalEntry], dict[str, str]]:
 def view_spool(spool: Path) -> SpoolView:
     """The journal in `spool` (checkpoint and log), read as it is, changing nothing.
 
-    A torn last record (a sender writing right now) is left out, as recovery would.
+    A torn last record (a sender writing right now) is left out, as recovery would; a
+    compaction that replaces the checkpoint meanwhile makes it read again (logged).
 
     Raises:
         ConfigError: `spool` is no directory or holds no journal.
@@ -243,14 +244,7 @@ def view_spool(spool: Path) -> SpoolView:
     if not spool.is_dir():
         why = "does not exist" if not spool.exists() else "is not a directory"
         raise ConfigError(f"--spool-dir {spool} {why}: no spool there")
-    path = spool / LOG_NAME
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"--spool-dir {spool} holds no sender journal ({LOG_NAME})") from None
-    except OSError as exc:
-        raise ConfigError(f"--spool-dir {spool}: cannot read {LOG_NAME}: {exc.strerror}") from exc
-    state = replay(spool, data, decode_at)
+    state = replay_beside(spool, lambda: _read_log(spool), decode_at)
     entries: dict[str, JournalEntry] = {}
     meta: dict[str, str] = {}
     for record in state.records:  # later records supersede earlier ones (as `FileJournal`)
@@ -259,3 +253,13 @@ def view_spool(spool: Path) -> SpoolView:
         else:
             meta[record.key] = record.value
     return SpoolView(spool, state, list(entries.values()), meta)
+
+
+def _read_log(spool: Path) -> bytes:
+    path = spool / LOG_NAME
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"--spool-dir {spool} holds no sender journal ({LOG_NAME})") from None
+    except OSError as exc:
+        raise ConfigError(f"--spool-dir {spool}: cannot read {LOG_NAME}: {exc.strerror}") from exc

@@ -1,27 +1,41 @@
 """structlog set-up: one JSON object per line (or a console view for people).
 
-`configure` is called once, by the CLI, never at import time. Standard-library loggers
-(aiohttp's among them) are routed through the same processors, so every line a process
+`configure` is called once, by the CLI, never at import time. Every line a process
 writes has the same shape: `event`, `level`, `timestamp` (ISO 8601, UTC), context.
 
-Invariants: the stderr handler looks `sys.stderr` up at every write, so a progress
-display that redirects stderr (rich's `Live`) prints log lines above itself instead of
-through it; a log file's directory is created at the first line, not before, so a
-command that fails its flag checks leaves nothing behind.
+Two routes reach the one `_Sink`:
+- structlog's own loggers (every line of ours) go straight to it: a filtering bound
+  logger drops lines below the level at the call, the processors render the line and
+  the sink writes it with one `os.write` (issue 13: the stdlib detour through
+  `logging.LogRecord` and `ProcessorFormatter` cost more than the line itself);
+- standard-library loggers (aiohttp's among them) go through a root handler whose
+  `ProcessorFormatter` runs the same processors, so their lines look the same.
+Any other handler on the root logger (the progress display's) still receives each of
+our events as a `LogRecord` whose `msg` is the event dict, as when every line went
+through the stdlib.
+
+Invariants: a line is written whole by one write call (an `O_APPEND` file, so lines of
+several threads or processes never interleave); the stderr sink looks `sys.stderr` up
+at every write, so a progress display that redirects stderr (rich's `Live`) prints log
+lines above itself instead of through it; a log file's directory is created and the
+file opened at the first line, not before, so a command that fails its flag checks
+leaves nothing behind.
 """
 
 from __future__ import annotations
 
-import io
 import logging
+import os
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
 import structlog
 
 LogFormat = Literal["json", "console"]
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
 
 
 def redactor(secrets: Sequence[str]) -> structlog.types.Processor:
@@ -30,9 +44,10 @@ def redactor(secrets: Sequence[str]) -> structlog.types.Processor:
     hidden = [s for s in secrets if s]
 
     def redact(_: object, __: str, event: structlog.types.EventDict) -> structlog.types.EventDict:
-        for key, value in event.items():
-            if isinstance(value, str):
-                event[key] = _scrub(value, hidden)
+        if hidden:
+            for key, value in event.items():
+                if isinstance(value, str):
+                    event[key] = _scrub(value, hidden)
         return event
 
     return redact
@@ -51,60 +66,113 @@ def configure(
     level: str = "info",
     secrets: Sequence[str] = (),
 ) -> None:
-    shared: list[structlog.types.Processor] = [
-        structlog.contextvars.merge_contextvars,
-        structlog.stdlib.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-    ]
+    sink = _Sink(_FileLines(log_file) if log_file else _stderr_line)
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer()
         if fmt == "json"
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty() and log_file is None)
     )
+    shared: list[structlog.types.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    final: list[structlog.types.Processor] = [
+        structlog.processors.format_exc_info,
+        redactor(secrets),
+        renderer,
+    ]
+    handler = _SinkHandler(sink)
     structlog.configure(
-        processors=[
-            structlog.stdlib.filter_by_level,
-            *shared,
-            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
-        ],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
+        processors=[*shared, _Tee(handler), *final],
+        logger_factory=lambda *_: sink,
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         cache_logger_on_first_use=True,
     )
-    formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[structlog.stdlib.ExtraAdder(), *shared],
-        processors=[
-            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            structlog.processors.format_exc_info,
-            redactor(secrets),
-            renderer,
-        ],
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.ExtraAdder(), *shared],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *final],
+        )
     )
-    handler: logging.Handler = (
-        _FileHandler(log_file) if log_file else logging.StreamHandler(_Stderr())
-    )
-    handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers = [handler]
-    root.setLevel(level.upper())
+    root.setLevel(_LEVELS[level])
 
 
-class _Stderr:
-    """`sys.stderr` as it is at each write (see the module's invariants)."""
+class _Sink:
+    """Where rendered lines go: every method name structlog may call writes one line."""
 
-    def write(self, text: str) -> int:
-        return sys.stderr.write(text)
+    def __init__(self, write: Callable[[str], None]) -> None:
+        self.write = write
 
-    def flush(self) -> None:
-        sys.stderr.flush()
+    def msg(self, line: str) -> None:
+        self.write(line)
+
+    debug = info = warning = warn = error = err = critical = fatal = exception = msg
 
 
-class _FileHandler(logging.FileHandler):
-    """Appends to `path`, creating its directory when the first line is written."""
+def _stderr_line(line: str) -> None:
+    """To `sys.stderr` as it is at each write (see the module's invariants)."""
+    stream = sys.stderr
+    stream.write(line + "\n")
+    stream.flush()
+
+
+class _FileLines:
+    """Appends lines to `path`, creating its directory and opening it at the first."""
 
     def __init__(self, path: Path) -> None:
-        super().__init__(path, delay=True)
+        self._path = path
+        self._fd: int | None = None
+        self._opening = threading.Lock()
 
-    def _open(self) -> io.TextIOWrapper:
-        Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
-        return super()._open()
+    def __call__(self, line: str) -> None:
+        data = (line + "\n").encode("utf-8", "backslashreplace")
+        fd = self._fd if self._fd is not None else self._open()
+        while data:  # a short write (a full disk) is retried with the rest, never dropped
+            data = data[os.write(fd, data) :]
+
+    def _open(self) -> int:
+        with self._opening:
+            if self._fd is None:
+                self._path.parent.mkdir(parents=True, exist_ok=True)
+                flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+                self._fd = os.open(self._path, flags, 0o644)
+            return self._fd
+
+
+class _SinkHandler(logging.Handler):
+    """The root logger's handler: standard-library records, formatted by structlog."""
+
+    def __init__(self, sink: _Sink) -> None:
+        super().__init__()
+        self.sink = sink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.sink.msg(self.format(record))
+        except Exception:  # logging's own rule: report, never raise
+            self.handleError(record)
+
+
+class _Tee:
+    """A processor that shows each event dict to the root logger's other handlers (the
+    progress display's), as a record whose `msg` is the dict; free when there are none."""
+
+    def __init__(self, ours: logging.Handler) -> None:
+        self._ours = ours
+        self._root = logging.getLogger()
+
+    def __call__(
+        self, _: object, method: str, event: structlog.types.EventDict
+    ) -> structlog.types.EventDict:
+        others = [h for h in self._root.handlers if h is not self._ours]
+        if others:
+            level = logging.getLevelName(str(event.get("level", method)).upper())
+            levelno = level if isinstance(level, int) else logging.INFO
+            record = logging.LogRecord("transfer", levelno, "", 0, dict(event), None, None)
+            for handler in others:
+                if levelno >= handler.level:
+                    handler.handle(record)
+        return event

@@ -10,7 +10,8 @@ Invariants:
   display (rich redirects stderr while it draws; `logs` looks stderr up at each write).
 - The display speaks the sender's events to people: `server.unreachable` becomes one
   line, "server unreachable at URL, retrying for up to 4m58s: REASON", once per outage
-  (the uploader logs it once); `server.reachable` and `upload.failed` one line each.
+  (the uploader logs it once); `server.reachable`, `server.switched` (`--server` given
+  more than once: the sender moved on to the next) and `upload.failed` one line each.
 - Units a person reads are binary: MiB and MiB/s, here and in the summary line.
 - Nothing here changes the sender: it reads counts and stats, it never writes them.
 """
@@ -64,10 +65,15 @@ def header(args: argparse.Namespace, log_file: Path | None, status_port: int) ->
     """The lines printed before the display: what will happen, and where things are."""
     logs = f"logs: {log_file}" if log_file is not None else "logs: stderr"
     return (
-        f"sending {plan(args)} to {args.server}\n"
+        f"sending {plan(args)} to {servers_text(args.server)}\n"
         f"spool: {Path(args.spool_dir).absolute()}\n"
         f"{logs}\nstatus: http://{args.status_host}:{status_port}/status"
     )
+
+
+def servers_text(server: str | list[str]) -> str:
+    """`--server` as a person reads it: one URL, or several (fail-over) joined by "or"."""
+    return server if isinstance(server, str) else " or ".join(server)
 
 
 def plan(args: argparse.Namespace) -> str:
@@ -112,6 +118,8 @@ def human_line(event: Mapping[str, object], server: str) -> str | None:
         return f"server unreachable at {server}, retrying for up to {wait}: {event.get('reason')}"
     if name == Event.SERVER_REACHABLE:
         return f"server reachable again at {server}"
+    if name == Event.SERVER_SWITCHED:
+        return f"moving on from {event.get('previous')} to {event.get('server')}"
     if name == Event.UPLOAD_FAILED:
         return f"{event.get('file_id', 'a file')} failed: {event.get('reason')}"
     return None
@@ -120,14 +128,14 @@ def human_line(event: Mapping[str, object], server: str) -> str | None:
 class _Lines(logging.Handler):
     """Turns the log records `human_line` knows into printed lines."""
 
-    def __init__(self, say: Callable[[str], None], server: str) -> None:
+    def __init__(self, say: Callable[[str], None], server: Callable[[], str]) -> None:
         super().__init__(logging.INFO)
         self._say, self._server = say, server
 
     def emit(self, record: logging.LogRecord) -> None:
         # structlog hands the stdlib its event dict as the record's msg.
         if isinstance(record.msg, dict):
-            line = human_line(record.msg, self._server)
+            line = human_line(record.msg, self._server())
             if line is not None:
                 self._say(line)
 
@@ -139,7 +147,7 @@ class Display:
         self,
         sender: Sender,
         target: int | None,
-        server: str,
+        server: Callable[[], str],  # the current server (it changes on a fail-over)
         *,
         console: Console | None = None,
         sleep: Sleep = asyncio.sleep,
@@ -155,6 +163,7 @@ class Display:
             auto_refresh=False,
         )
         self._task: TaskID = self._progress.add_task("sending", total=None, detail="")
+        self._server = server
         self._lines = _Lines(self._say, server)
 
     def _say(self, line: str) -> None:
@@ -169,7 +178,8 @@ class Display:
         detail = (
             f"{files[FileState.CONFIRMED.value]}/{total} files  "
             f"{format_size(stats.bytes_sent)}  {status.mib_per_s(self._sender):.2f} MiB/s  "
-            f"{files[FileState.FAILED.value]} failed  {stats.retries} retries"
+            f"{files[FileState.FAILED.value]} failed  {stats.retries} retries  "
+            f"to {self._server()}"
         )
         waiting = "[yellow]server unreachable[/]" if stats.unreachable else "sending"
         done = files[FileState.CONFIRMED.value] + files[FileState.FAILED.value]

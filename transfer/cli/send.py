@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeAlias
-from urllib.parse import urlsplit
 
 import aiohttp
 import structlog
@@ -30,6 +30,14 @@ from transfer.cli.common import (
     token_of,
     view_spool,
 )
+from transfer.cli.servers import (
+    check_protocol,
+    check_servers,
+    client_for,
+    record_at,
+    upload_id_of,
+)
+from transfer.cli.servers import tus_endpoint as tus_endpoint  # noqa: PLC0414 (tests import it here)
 from transfer.cli.watchflags import add_watch_flags, watch_config
 from transfer.common.http import new_session
 from transfer.common.tls import client_context
@@ -37,15 +45,14 @@ from transfer.core.errors import ConfigError, TransferError
 from transfer.core.events import Event
 from transfer.core.filestate import FileState
 from transfer.sender import status
-from transfer.sender.client import Client, Corruptor, UploadClient
+from transfer.sender.client import UploadClient
+from transfer.sender.failover import Servers, ask_any
 from transfer.sender.generator import GeneratorConfig
-from transfer.sender.ietfclient import IetfClient
 from transfer.sender.intake import WATCHED_DIR, watch_summary
 from transfer.sender.journal import FileJournal, JournalEntry
 from transfer.sender.pipeline import Sender, SenderConfig, prepare_journal
 from transfer.sender.reasons import Reason
 from transfer.sender.retry import RetryPolicy
-from transfer.sender.tusclient import TusClient
 from transfer.sender.uploader import Uploader
 
 log = structlog.get_logger("transfer.send")
@@ -64,7 +71,13 @@ def add_parsers(
 ) -> None:
     p = sub.add_parser("send", help="generate (or take) files and upload them")
     p.add_argument("paths", nargs="*", type=Path, help="send these files/directories instead")
-    p.add_argument("--server", required=True, help="e.g. http://127.0.0.1:8000")
+    p.add_argument(
+        "--server",
+        required=True,
+        action="append",
+        help="e.g. http://127.0.0.1:8000; give it again for replicas over one store: the"
+        " sender moves on to the next when one is unreachable (docs/scaling.md)",
+    )
     p.add_argument(
         "--protocol",
         choices=PROTOCOLS,
@@ -152,7 +165,12 @@ def add_parsers(
 
     p = sub.add_parser("verify", help="check every journaled file against the server")
     p.add_argument("--spool-dir", type=Path, required=True, help=_SPOOL_HELP)
-    p.add_argument("--server", required=True, help="the server's URL, e.g. http://127.0.0.1:8000")
+    p.add_argument(
+        "--server",
+        required=True,
+        action="append",
+        help="the server's URL, e.g. http://127.0.0.1:8000; again for replicas (any answers)",
+    )
     _add_connection(p)
     add_logging(p)
     p.set_defaults(run=run_verify)
@@ -172,38 +190,11 @@ def _check_send_args(args: argparse.Namespace) -> None:
         raise ConfigError("--journal-compact-at must be at least 1 byte")
     if not 0.0 <= args.inject_corruption <= 1.0:
         raise ConfigError("--inject-corruption must be between 0 and 1")
-    _check_protocol(args.protocol, args.server)
+    check_servers(args.server, lambda url: check_protocol(args.protocol, url))
     if not 0 <= args.status_port <= 65535:
         raise ConfigError("--status-port must be 0-65535")
     check_readable(args.paths)
     check_dir("--spool-dir", args.spool_dir, inside=("files",))
-
-
-def _check_protocol(protocol: str, server: str) -> None:
-    """Raises ConfigError for a --server the protocol cannot use."""
-    if protocol == "native":
-        check_server_url(server)
-    elif urlsplit(server).scheme not in ("http", "https") or not urlsplit(server).netloc:
-        raise ConfigError(f"--server must be an http:// or https:// URL, not {server!r}")
-
-
-def _client(args: argparse.Namespace, session: aiohttp.ClientSession, seed: int) -> Client:
-    """The `Client` of --protocol (with the --inject-corruption demo when asked)."""
-    corruptor = Corruptor(args.inject_corruption, seed) if args.inject_corruption else None
-    if args.protocol == "tus":
-        return TusClient(session, tus_endpoint(args.server, "/tus/"), corruptor=corruptor)
-    if args.protocol == "ietf":
-        endpoint = tus_endpoint(args.server, "/resumable/")
-        return IetfClient(session, endpoint, corruptor=corruptor)
-    return UploadClient(session, args.server, corruptor=corruptor)
-
-
-def tus_endpoint(server: str, default: str = "/tus/") -> str:
-    """The creation URL of tus or IETF: --server itself when it has a path, else
-    `{server}{default}` (`transfer serve`'s --tus-path /tus/, --ietf-path /resumable/)."""
-    if urlsplit(server).path.strip("/"):
-        return server
-    return server.rstrip("/") + default
 
 
 def run_send(args: argparse.Namespace) -> int:
@@ -229,7 +220,8 @@ def run_send(args: argparse.Namespace) -> int:
 
 
 def _session(args: argparse.Namespace, concurrency: int) -> aiohttp.ClientSession:
-    context = client_context(args.ca_file) if args.server.startswith("https://") else None
+    https = any(url.startswith("https://") for url in args.server)
+    context = client_context(args.ca_file) if https else None
     return new_session(token=token_of(args), ssl_context=context, limit=concurrency * 2)
 
 
@@ -239,17 +231,18 @@ async def _send(args: argparse.Namespace, config: SenderConfig) -> int:
     with _open_journal(config.spool_dir, args.journal_compact_at) as journal:
         seed = await prepare_journal(journal, args.seed)
         async with _session(args, config.concurrency) as session:
-            client = _client(args, session, seed)
+            servers = Servers(tuple(args.server))
+            client = client_for(args, session, seed, servers)
             uploader = Uploader(client, args.chunk_size, RetryPolicy(timeout=args.retry_timeout))
             sender = Sender(config, journal, uploader)
             signals.attach(lambda sig: sender.request_stop(Reason.SIGNAL, signal=sig.name))
-            runner = await _start_status(sender, args.status_host, args.status_port, args.server)
+            runner = await _start_status(sender, args.status_host, args.status_port, servers)
             try:
-                ok = await _run_with_signals(sender, _display(args, sender, runner))
+                ok = await _run_with_signals(sender, _display(args, sender, runner, servers))
             finally:
                 await runner.cleanup()
     snap = status.snapshot(sender)
-    log.info(Event.SEND_SUMMARY, ok=ok, **snap)
+    log.info(Event.SEND_SUMMARY, ok=ok, server=servers.current, switches=servers.switches, **snap)
     print(status.summary_line(sender), flush=True)
     if signals.received is not None:
         return exit_status(signals.received)
@@ -263,8 +256,10 @@ def _open_journal(spool: Path, compact_at: int) -> FileJournal:
         raise ConfigError(f"--spool-dir {spool}: {exc.strerror}: {exc.filename}") from exc
 
 
-async def _start_status(sender: Sender, host: str, port: int, server: str) -> web.AppRunner:
-    runner = web.AppRunner(status.make_status_app(sender), access_log=None)
+async def _start_status(sender: Sender, host: str, port: int, servers: Servers) -> web.AppRunner:
+    app = status.make_status_app(sender)
+    app.router.add_get("/servers", _servers_view(servers))
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     try:
@@ -274,13 +269,26 @@ async def _start_status(sender: Sender, host: str, port: int, server: str) -> we
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
     url = f"http://{host}:{runner.addresses[0][1]}"
     log.info(
-        Event.SENDER_STARTED, status_url=url, server=server, spool_dir=str(sender.config.spool_dir)
+        Event.SENDER_STARTED,
+        status_url=url,
+        server=servers.current,
+        servers=list(servers.urls),
+        spool_dir=str(sender.config.spool_dir),
     )
     return runner
 
 
+def _servers_view(servers: Servers) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """`GET /servers`: the current --server, all of them, and how often it changed."""
+
+    async def view(request: web.Request) -> web.Response:
+        return web.json_response(servers.describe())
+
+    return view
+
+
 def _display(
-    args: argparse.Namespace, sender: Sender, runner: web.AppRunner
+    args: argparse.Namespace, sender: Sender, runner: web.AppRunner, servers: Servers
 ) -> tuple[progress.Display, str] | None:
     """The progress display and its header, when `transfer.cli.main` chose one."""
     output: progress.Output | None = getattr(args, "output", None)
@@ -288,7 +296,7 @@ def _display(
         return None
     target = None if args.paths or args.watch else args.count
     header = progress.header(args, output.log_file, runner.addresses[0][1])
-    return progress.Display(sender, target, args.server), header
+    return progress.Display(sender, target, lambda: servers.current), header
 
 
 async def _run_with_signals(sender: Sender, display: tuple[progress.Display, str] | None) -> bool:
@@ -336,7 +344,7 @@ def _entry_json(entry: JournalEntry) -> dict[str, object]:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    check_server_url(args.server)
+    check_servers(args.server, check_server_url)
     entries, _ = read_spool(args.spool_dir)  # never creates, locks or changes a spool
     problems = asyncio.run(_verify(entries, args))
     for line in problems:
@@ -351,10 +359,11 @@ def run_verify(args: argparse.Namespace) -> int:
 async def _verify(entries: list[JournalEntry], args: argparse.Namespace) -> list[str]:
     problems: list[str] = []
     async with _session(args, 4) as session:
-        client = UploadClient(session, args.server)
+        servers = Servers(tuple(args.server))  # replicas over one store: any may answer
+        clients = [UploadClient(session, url) for url in servers.urls]
         for entry in entries:
             try:
-                progress = await client.record(entry.file_id)
+                progress = await ask_any(servers, partial(record_at, clients, upload_id_of(entry)))
             except TransferError as exc:
                 problems.append(f"{entry.file_id}: {exc}")
                 continue

@@ -7,13 +7,19 @@ import asyncio
 import signal
 import ssl
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeAlias
 
 import structlog
 from aiohttp import web
 
-from transfer.cli.common import add_token, check_dir, token_of
+from transfer.cli.common import add_token, token_of
+from transfer.cli.hookflags import add_hook_flags, hook_config, outbox_for
+from transfer.cli.stores import OpenedStore, add_store_flags, choose_store, opened_store
+from transfer.cli.tenantflags import add_tenant_flags, tenant_config
 from transfer.common.tls import server_context
 from transfer.core.errors import ConfigError
 from transfer.core.events import Event
@@ -29,8 +35,10 @@ from transfer.server.cors import cors_origins
 from transfer.server.forwarded import client_middleware
 from transfer.server.ietf_request import ietf_base_path
 from transfer.server.middleware import AccessLogger
+from transfer.server.tenants import Keyring
 from transfer.server.tus import tus_base_path
-from transfer.store.filestore import DEFAULT_CACHE_SIZE, FileStore
+from transfer.store.filestore import DEFAULT_CACHE_SIZE
+from transfer.store.outbox import Outbox
 
 log = structlog.get_logger("transfer.serve")
 # Any: the subparsers are the CLI's own ArgumentParser subclass.
@@ -46,12 +54,7 @@ def add_parser(
     p = sub.add_parser("serve", help="receive uploads (the server)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=int, default=8000, help="0 picks a free port")
-    p.add_argument(
-        "--data-dir",
-        type=Path,
-        required=True,
-        help="uploads/ (unfinished), records/ (completed) and files/ (published)",
-    )
+    add_store_flags(p)
     p.add_argument("--max-chunk", type=size, default="64MiB", help="largest chunk body")
     p.add_argument("--max-upload", type=size, default="64GiB", help="largest upload")
     p.add_argument("--idle-timeout", type=duration, default="30s", help="per-read body timeout")
@@ -110,6 +113,7 @@ def add_parser(
     )
     add_token(p)
     p.add_argument("--protect-metrics", action="store_true", help="/metrics needs the token")
+    add_tenant_flags(p, size, duration)
     p.add_argument("--tls-cert", type=Path, help="PEM certificate chain (with --tls-key)")
     p.add_argument("--tls-key", type=Path, help="PEM private key")
     p.add_argument(
@@ -135,6 +139,7 @@ def add_parser(
         help="a browser origin allowed to upload, e.g. https://app.example (repeatable; "
         "'*' allows any; default: none, no CORS headers)",
     )
+    add_hook_flags(p, duration)
     add_logging(p)
     p.set_defaults(run=run)
 
@@ -150,7 +155,8 @@ def _config(args: argparse.Namespace) -> ServerConfig:
         raise ConfigError("--record-ttl must be positive (or 'keep')")
     if args.cache_size < 0:
         raise ConfigError("--cache-size must be 0 or more")
-    token = token_of(args)
+    tenancy = tenant_config(args)
+    token = None if args.tokens_file is not None else token_of(args)
     if token is not None and len(token) < 16:
         raise ConfigError("the token must be at least 16 characters")
     tus_path = None if args.no_tus else tus_base_path(args.tus_path)
@@ -166,9 +172,11 @@ def _config(args: argparse.Namespace) -> ServerConfig:
         record_ttl=args.record_ttl,
         token=token,
         protect_metrics=args.protect_metrics,
+        **tenancy,
         tus_path=tus_path,
         ietf_path=None if args.no_ietf else ietf_base_path(args.ietf_path, tus_path=tus_path),
         cors_origins=cors_origins(args.cors_origin or []),
+        hooks=hook_config(args),
     )
 
 
@@ -215,64 +223,81 @@ def _tls(args: argparse.Namespace) -> ssl.SSLContext | None:
 def run(args: argparse.Namespace) -> int:
     config = _config(args)
     context = _tls(args)
-    check_dir("--data-dir", args.data_dir, inside=("uploads", "files", "records"))
-    store = FileStore(args.data_dir, durable=args.fsync == "always", cache_size=args.cache_size)
-    limits = _limits(args)
-    asyncio.run(_serve(store, config, args.host, args.port, context=context, limits=limits))
+    choice = choose_store(args)
+    outbox = outbox_for(config.hooks, path=choice.path, dsn=choice.dsn)
+    store = partial(
+        opened_store, choice, durable=args.fsync == "always", cache_size=args.cache_size
+    )
+    listening = Listening(args.host, args.port, context, _limits(args))
+    asyncio.run(_serve(store, config, listening, outbox=outbox))
     return 0
 
 
+@dataclass(frozen=True, slots=True)
+class Listening:
+    """Where and how `serve` listens: address, TLS (None: plain HTTP), connection limits."""
+
+    host: str
+    port: int
+    context: ssl.SSLContext | None
+    limits: ConnLimits
+
+
 async def _serve(
-    store: FileStore,
+    opening: Callable[[], AbstractAsyncContextManager[OpenedStore]],
     config: ServerConfig,
-    host: str,
-    port: int,
-    *,
-    context: ssl.SSLContext | None,
-    limits: ConnLimits,
+    listening: Listening,
+    outbox: Outbox | None = None,
 ) -> None:
-    try:
-        recovered = store.open()
-    except OSError as exc:
-        raise ConfigError(
-            f"--data-dir {store.files_dir.parent}: {exc.strerror}: {exc.filename}"
-        ) from exc
-    if store.migrated:
-        log.info(Event.STORE_MIGRATED, records=store.migrated)
+    """Open the store (`transfer.cli.stores`), serve until signalled, close it."""
+    async with opening() as opened:
+        await _serve_store(opened, config, listening, outbox=outbox)
+
+
+async def _serve_store(
+    opened: OpenedStore, config: ServerConfig, at: Listening, outbox: Outbox | None = None
+) -> None:
+    store = opened.store
+    if opened.migrated:
+        log.info(Event.STORE_MIGRATED, records=opened.migrated)
     # keepalive_timeout: an idle kept-alive connection is closed after 75 s instead of
     # aiohttp's AppRunner default of an hour, so idle sockets cannot pile up.
-    app = make_app(store, config)
+    app = make_app(store, config, outbox=outbox)
     # Outermost: the client is known (and held to its share) before anything else runs.
-    app.middlewares.insert(0, client_middleware(limits))
+    app.middlewares.insert(0, client_middleware(at.limits))
     runner = web.AppRunner(app, access_log_class=AccessLogger, keepalive_timeout=75.0)
     await runner.setup()
-    tracker = Tracker(limits, app[STATE].metrics)
+    tracker = Tracker(at.limits, app[STATE].metrics)
     site = LimitedTCPSite(
-        runner, host, port, tracker=tracker, shutdown_timeout=10.0, ssl_context=context
+        runner, at.host, at.port, tracker=tracker, shutdown_timeout=10.0, ssl_context=at.context
     )
     try:
         await site.start()
     except OSError as exc:
         await runner.cleanup()
-        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
-    scheme = "https" if context else "http"
-    url = f"{scheme}://{host}:{runner.addresses[0][1]}"
+        raise ConfigError(f"cannot listen on {at.host}:{at.port}: {exc.strerror}") from exc
+    scheme = "https" if at.context else "http"
+    url = f"{scheme}://{at.host}:{runner.addresses[0][1]}"
     log.info(
         Event.SERVER_STARTED,
         url=url,
-        data_dir=str(store.files_dir.parent),
-        recovered=recovered,
-        auth=config.token is not None,
+        store=opened.url,
+        **opened.log_fields,
+        recovered=opened.recovered,
+        auth=config.token is not None or config.tokens_file is not None,
     )
-    await _until_signalled()
+    await _until_signalled(app[STATE].keyring)
     log.info(Event.SERVER_STOPPING)
     await runner.cleanup()
     log.info(Event.SERVER_STOPPED)
 
 
-async def _until_signalled() -> None:
+async def _until_signalled(keyring: Keyring | None = None) -> None:
+    """Until SIGINT or SIGTERM; SIGHUP re-reads `--tokens-file` (uploads carry on)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if keyring is not None:
+        loop.add_signal_handler(signal.SIGHUP, keyring.reload)
     await stop.wait()

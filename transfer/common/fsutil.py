@@ -25,18 +25,26 @@ def fsync_dir(path: str | Path) -> None:
 
 
 def write_atomic(
-    path: str | Path, data: bytes, *, sync: bool = True, sync_dir: bool = True
+    path: str | Path,
+    data: bytes,
+    *,
+    sync: bool = True,
+    sync_dir: bool = True,
+    mode: int = 0o644,
 ) -> None:
     """Replace `path` with `data` atomically; durably unless `sync` is False.
 
     `sync_dir=False` leaves the directory fsync to a caller that renames more entries
     in the same directory and syncs it once afterwards. A `str` path stays a `str`
     (see `transfer.store.ospath` for why names with ids are never made `Path`s).
+    `mode` is the new file's (0o600 for secrets: it never exists with wider rights).
     """
     name = os.fspath(path)
     tmp = name + TMP_SUFFIX
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
+        if not mode & 0o077:
+            os.fchmod(fd, mode)  # a stale temp file, reopened, would keep wider rights
         write_all(fd, data)
         if sync:
             os.fsync(fd)

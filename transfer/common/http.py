@@ -16,6 +16,7 @@ import ssl
 import aiohttp
 
 _PRIVATE_RETRY = "_retry_connection"
+PIECE = 1024 * 1024  # bytes of a `Piecewise` body handed to the transport at a time
 
 
 class HiddenRetryUnknown(RuntimeError):
@@ -55,3 +56,28 @@ def new_session(
         timeout=timeout or aiohttp.ClientTimeout(total=None, connect=10, sock_read=60),
     )
     return without_hidden_retries(session)
+
+
+class Piecewise(aiohttp.BytesPayload):
+    """A bytes body written `PIECE` bytes at a time, waiting for the socket to drain
+    between pieces (issue 13: sender memory).
+
+    aiohttp hands a plain bytes body to the transport in one write: on Python < 3.12 it
+    first joins it with the headers (a copy of the whole body), and asyncio copies what
+    the socket did not take at once into its buffer (a second copy): an 8 MiB chunk
+    cost 24 MiB while in flight. Here only the first piece is joined with the headers
+    and the transport never holds more than about one piece; Content-Length is still
+    the body's length (no chunked encoding), and the bytes sent are the same.
+    """
+
+    async def write(self, writer: aiohttp.abc.AbstractStreamWriter) -> None:
+        await self.write_with_length(writer, None)
+
+    async def write_with_length(
+        self, writer: aiohttp.abc.AbstractStreamWriter, content_length: int | None
+    ) -> None:
+        view = memoryview(self._value)
+        if content_length is not None:
+            view = view[:content_length]
+        for start in range(0, len(view), PIECE):
+            await writer.write(view[start : start + PIECE])

@@ -10,7 +10,8 @@
     │   ├── RequestTimeout (408)       a request body stalled longer than the idle timeout
     │   ├── PayloadTooLarge (413)
     │   ├── RangeNotSatisfiable (416)
-    │   ├── StorageFailure (500)       the disk failed (EIO); nothing was acknowledged
+    │   ├── StorageFailure (500)       the disk failed (EIO); nothing was acknowledged; 503
+    │   │                              with Retry-After while a store's service is away
     │   ├── ServiceUnavailable (503)   too many uploads at once (carries Retry-After)
     │   └── InsufficientStorage (507)  the disk is full; nothing was acknowledged
     ├── RemoteError                    a 4xx refusal that retrying will not change
@@ -68,6 +69,10 @@ class Code(enum.StrEnum):
     REPR_DIGEST_MISMATCH = "repr_digest_mismatch", 400, "Digest Mismatch"
     # 401, 404, 405
     UNAUTHORIZED = "unauthorized", 401, "Unauthorized"
+    # --tokens-file: a credential without the scope asked for, on its own upload (403);
+    # an admin's `?tenant=` that is no tenant name (400)
+    INSUFFICIENT_SCOPE = "insufficient_scope", 403, "Forbidden"
+    INVALID_TENANT = "invalid_tenant", 400, "Bad Request"
     UPLOAD_NOT_FOUND = "upload_not_found", 404, "Not Found"
     FILE_NOT_FOUND = "file_not_found", 404, "Not Found"
     NOT_FOUND = "not_found", 404, "Not Found"
@@ -75,6 +80,8 @@ class Code(enum.StrEnum):
     # 408: the body stopped or crawled
     BODY_STALLED = "body_stalled", 408, "Request Timeout"
     BODY_TOO_SLOW = "body_too_slow", 408, "Request Timeout"
+    # cut below --min-rate, after --stall-grace, to give its slot to a waiting upload
+    BODY_PREEMPTED = "body_preempted", 408, "Request Timeout"
     # 409: the request disagrees with what is stored
     OFFSET_GAP = "offset_gap", 409, "Conflict"
     TOTAL_MISMATCH = "total_mismatch", 409, "Conflict"
@@ -108,15 +115,23 @@ class Code(enum.StrEnum):
     UPLOAD_CONCAT_UNSUPPORTED = "upload_concat_unsupported", 400, "Bad Request"
     # CORS (server/cors.py): a preflight from an origin not given to --cors-origin
     ORIGIN_NOT_ALLOWED = "origin_not_allowed", 403, "Forbidden"
+    # hooks (server/precreate.py): the pre-create hook said no (4xx), or did not answer
+    REJECTED_BY_HOOK = "rejected_by_hook", 403, "Forbidden"
+    HOOK_UNAVAILABLE = "hook_unavailable", 503, "Service Unavailable"
     # 5xx: the server could not, this time
     STORAGE_ERROR = "storage_error", 500, "Storage Failure"
+    # The S3 store's S3 or PostgreSQL is unreachable or restarting (with Retry-After).
+    STORAGE_UNAVAILABLE = "storage_unavailable", 503, "Service Unavailable"
     INTERNAL_ERROR = "internal_error", 500, "Internal Server Error"
     TOO_MANY_UPLOADS = "too_many_uploads", 503, "Service Unavailable"
     TOO_MANY_CONNECTIONS = "too_many_connections", 503, "Service Unavailable"
     # 429: one address holds --max-connections-per-ip connections (or, through a trusted
     # proxy, requests) already; retried like any 429.
     TOO_MANY_CONNECTIONS_PER_IP = "too_many_connections_per_ip", 429, "Too Many Requests"
+    # 429: the tenant holds --tenant-max-active bodies already (others may still send)
+    TENANT_TOO_MANY_UPLOADS = "tenant_too_many_uploads", 429, "Too Many Requests"
     INSUFFICIENT_STORAGE = "insufficient_storage", 507, "Insufficient Storage"
+    TENANT_QUOTA_EXCEEDED = "tenant_quota_exceeded", 507, "Insufficient Storage"
     PARTIAL_QUOTA_EXCEEDED = "partial_quota_exceeded", 507, "Insufficient Storage"
     # Never answered by a server: the sender's own name for an untrusted certificate.
     CERTIFICATE_VERIFY_FAILED = "certificate_verify_failed", 0, "Certificate Verify Failed"
@@ -192,7 +207,8 @@ class RangeNotSatisfiable(ProtocolError):
 
 
 class StorageFailure(ProtocolError):
-    """The disk or store failed (500); nothing was acknowledged."""
+    """The disk or store failed (500; 503 `storage_unavailable` while the S3 store's
+    services are away); nothing was acknowledged."""
 
 
 class ServiceUnavailable(ProtocolError):
@@ -214,11 +230,15 @@ class RemoteError(TransferError):
 
 
 class TransientError(TransferError):
-    """A failure worth retrying: connection trouble, timeouts, 408/429/5xx."""
+    """A failure worth retrying: connection trouble, timeouts, 408/429/5xx. `status` is
+    the HTTP status when a server answered (None: no answer, or a broken one)."""
 
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, status: int | None = None
+    ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.status = status
 
 
 class JournalError(TransferError):

@@ -29,10 +29,20 @@ class Event(enum.StrEnum):
     UPLOAD_DISCONNECTED = "upload.disconnected"
     DIGEST_MISMATCH = "digest.mismatch"
     UPLOAD_CONCATENATED = "upload.concatenated"  # tus: a final upload built from partials
+    # hooks (server/hooks.py, hookdelivery.py, precreate.py)
+    HOOK_DELIVERED = "hook.delivered"  # every target took the event; removed from the outbox
+    HOOK_RETRY = "hook.retry"  # an attempt failed; the next one after a back-off
+    HOOK_DROPPED = "hook.dropped"  # an unresolved completion whose upload never completed
+    HOOK_REJECTED = "hook.rejected"  # the pre-create hook refused an upload (4xx)
+    HOOK_UNAVAILABLE = "hook.unavailable"  # the pre-create hook did not answer: 503
+    UPLOAD_PREEMPTED = "upload.preempted"  # a slow body cut to free its slot
+    TOKENS_RELOADED = "tokens.reloaded"  # SIGHUP: --tokens-file read again
+    TOKENS_RELOAD_FAILED = "tokens.reload_failed"  # SIGHUP: unreadable; the old table kept
     # the S3 + PostgreSQL store (store/s3/)
     STORE_REHASHED = "store.rehashed"  # a whole file hashed from S3 (after a fail-over)
     STORE_CLEANUP_FAILED = "store.cleanup_failed"  # an orphan left for the sweep
     STORE_ORPHANS_REMOVED = "store.orphans_removed"  # the sweep removed some
+    SWEEP_FAILED = "sweep.failed"  # a background sweep met a storage failure; tried again
     RECORD_EXPIRED = "record.expired"  # --record-ttl removed a completed upload's record
     STORE_MIGRATED = "store.migrated"  # start-up moved flat-layout records into records/
     # the connection layer (server/connlimit.py): rate-limited, never one line per connection
@@ -45,6 +55,7 @@ class Event(enum.StrEnum):
     SEND_SUMMARY = "send.summary"
     JOURNAL_COMPACTED = "journal.compacted"  # confirmed files folded into journal.ckpt
     JOURNAL_COMPACTION_FAILED = "journal.compaction_failed"  # logged; retried later
+    JOURNAL_READ_RETRY = "journal.read_retry"  # status/verify raced a compaction; read again
     GENERATION_STARTED = "generation.started"
     GENERATION_FINISHED = "generation.finished"
     FILE_GENERATED = "file.generated"
@@ -55,6 +66,7 @@ class Event(enum.StrEnum):
     UPLOAD_RETRY = "upload.retry"
     SERVER_UNREACHABLE = "server.unreachable"  # once per outage, not per retry
     SERVER_REACHABLE = "server.reachable"  # the first success after an outage
+    SERVER_SWITCHED = "server.switched"  # `send --server` given twice: moved to the next
     UPLOAD_MISMATCH = "upload.mismatch"
     UPLOAD_CONFIRMED = "upload.confirmed"
     UPLOAD_FAILED = "upload.failed"

@@ -36,6 +36,7 @@ from typing import Any, Protocol
 
 import aiohttp
 
+from transfer.common.http import Piecewise
 from transfer.core import integrity, protocol
 from transfer.core.errors import BadRequest, Code, RemoteError, TransientError
 from transfer.sender.reasons import Reason
@@ -183,7 +184,9 @@ class UploadClient:
             **(announce.headers() if announce else {}),
         }
         body = self._corrupt(data) if self._corrupt else data
-        return await self._send("PUT", self.upload_url(file_id), data=body, headers=headers)
+        return await self._send(
+            "PUT", self.upload_url(file_id), data=Piecewise(body), headers=headers
+        )
 
     async def finish_empty(self, file_id: str, *, announce: Announce | None = None) -> Progress:
         """Complete a zero-byte file (`bytes */0`)."""
@@ -222,7 +225,9 @@ def _classify(status: int, headers: Mapping[str, str], payload: bytes, *, query:
     code, detail = problem_of(payload)
     if status in (408, 429) or status >= 500 or code in _TRANSIENT_CODES:
         raise TransientError(
-            f"server answered {status} {code}: {detail}", retry_after=retry_after(headers)
+            f"server answered {status} {code}: {detail}",
+            retry_after=retry_after(headers),
+            status=status,
         )
     raise RemoteError(status, code, detail)
 

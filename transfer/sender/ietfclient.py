@@ -30,6 +30,7 @@ from urllib.parse import urljoin
 
 import aiohttp
 
+from transfer.common.http import Piecewise
 from transfer.core import integrity
 from transfer.core.errors import BadRequest, Code, RemoteError, TransientError
 from transfer.core.tus import format_metadata
@@ -127,7 +128,7 @@ class IetfClient(UrlBook):
     async def _patch(
         self, file_id: str, url: str, headers: dict[str, str], body: bytes
     ) -> Progress:
-        answer = await self._send("PATCH", url, headers=headers, data=body)
+        answer = await self._send("PATCH", url, headers=headers, data=Piecewise(body))
         if answer.status == 404:
             self.forget(file_id)
             raise TransientError(f"PATCH {url}: the upload is gone (404); recreating")
@@ -178,7 +179,9 @@ def _refusal(answer: _Answer) -> TransientError | RemoteError:
     status = answer.status
     if status in (408, 429) or status >= 500 or code in _TRANSIENT_CODES:
         return TransientError(
-            f"server answered {status} {code}: {detail}", retry_after=retry_after(answer.headers)
+            f"server answered {status} {code}: {detail}",
+            retry_after=retry_after(answer.headers),
+            status=status,
         )
     if 200 <= status < 300:
         return TransientError(f"server answered {status} without the headers expected")

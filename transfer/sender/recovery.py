@@ -4,6 +4,11 @@ passes `decode`, which gives a payload its meaning (`journal.decode_record`).
 
 Invariants:
 - `replay` changes nothing (`transfer status` and `verify` read beside a running sender).
+- `replay_beside` retries, at most `READ_ATTEMPTS` times and logging each one, only when
+  the checkpoint was replaced while it read (a compaction raced it); a `JournalError`
+  with the checkpoint unchanged throughout is damage, raised at once. With the
+  checkpoint unchanged from before the log was read to after it was, the two belong
+  together: a compaction writes its checkpoint before it swaps the log.
 - `recover` (the journal's open, under its lock) truncates a torn tail and finishes a
   compaction interrupted between its checkpoint and its log swap, before any append.
 - Damage before the torn tail, a damaged checkpoint, or a log and checkpoint that do not
@@ -19,13 +24,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
 
+import structlog
+
 from transfer.common.fsutil import fsync_dir
 from transfer.core.errors import JournalError
+from transfer.core.events import Event
 from transfer.sender import checkpoint
 from transfer.sender.checkpoint import CKPT_NAME, Folded, Loaded, no_crash
 from transfer.sender.logfile import scan_frames
 
 LOG_NAME = "journal.log"
+READ_ATTEMPTS = 10  # reads of a journal a compaction keeps replacing under the reader
+log = structlog.get_logger("transfer.journal")
 R = TypeVar("R")
 Decode = Callable[[Path, int, bytes], R]  # (file, byte offset, payload) -> record
 
@@ -61,6 +71,36 @@ def replay(directory: Path, data: bytes, decode: Decode[R]) -> Replay[R]:
     records += [decode(path, offset, payload) for offset, payload in tail]
     folded = loaded.folded if loaded else Folded()
     return Replay(records, folded, loaded, generation, len(tail), end, len(data), behind)
+
+
+def replay_beside(directory: Path, read_log: Callable[[], bytes], decode: Decode[R]) -> Replay[R]:
+    """`replay` of `read_log()` for a reader beside a running sender (no lock): read
+    again when a compaction replaced the checkpoint meanwhile (see the invariants).
+
+    Raises:
+        JournalError: as `replay`, with the checkpoint unchanged while reading, or still
+            after `READ_ATTEMPTS` reads.
+    """
+    ckpt = directory / CKPT_NAME
+    for attempt in range(1, READ_ATTEMPTS + 1):
+        before = _identity(ckpt)
+        try:
+            return replay(directory, read_log(), decode)
+        except JournalError as exc:
+            if attempt == READ_ATTEMPTS or _identity(ckpt) == before:
+                raise
+            log.warning(Event.JOURNAL_READ_RETRY, attempt=attempt, error=str(exc),
+                        spool=str(directory))  # fmt: skip
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _identity(path: Path) -> tuple[int, int, int, int] | None:
+    """What changes when `path` is replaced (a new inode, or a reused one written anew)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def _continuation(

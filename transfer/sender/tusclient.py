@@ -39,6 +39,7 @@ from urllib.parse import urljoin
 
 import aiohttp
 
+from transfer.common.http import Piecewise
 from transfer.core import integrity
 from transfer.core.errors import BadRequest, Code, RemoteError, TransientError
 from transfer.core.tus import CHECKSUMS, OFFSET_OCTET_STREAM, VERSION, format_metadata
@@ -143,7 +144,7 @@ class TusClient(UrlBook):
         if discovery.checksum is not None:
             headers["Upload-Checksum"] = _checksum(discovery.checksum, data)
         body = self._corrupt(data) if self._corrupt else data
-        answer = await self._send("PATCH", url, headers=headers, data=body)
+        answer = await self._send("PATCH", url, headers=headers, data=Piecewise(body))
         if answer.status in _GONE:
             self.forget(file_id)
             raise TransientError(f"PATCH {url}: the upload is gone ({answer.status}); recreating")
@@ -228,7 +229,9 @@ def _refusal(answer: _Answer) -> TransientError | RemoteError:
     status = answer.status
     if status in (408, 429, 460) or status >= 500:
         return TransientError(
-            f"server answered {status} {code}: {detail}", retry_after=retry_after(answer.headers)
+            f"server answered {status} {code}: {detail}",
+            retry_after=retry_after(answer.headers),
+            status=status,
         )
     if 200 <= status < 300:
         return TransientError(f"server answered {status} without the tus headers expected")

@@ -23,10 +23,11 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from transfer.common.metrics import Metrics
-from transfer.server.auth import bearer_middleware
+from transfer.server.auth import auth_middleware
 from transfer.server.cors import cors_middleware
 from transfer.server.expiry import sweep_forever, sweep_records_forever
 from transfer.server.ietf import add_ietf_routes
+from transfer.server.listing import list_uploads
 from transfer.server.middleware import context_middleware, problems_middleware
 from transfer.server.native import create_upload, put_chunk
 from transfer.server.state import STATE, MiB, ServerConfig, ServerState
@@ -34,15 +35,19 @@ from transfer.server.storemetrics import describe_store_metrics
 from transfer.server.tus import add_tus_routes
 from transfer.server.views import delete_upload, get_file, get_upload, head_upload, healthz, metrics
 from transfer.store.base import RetainingStore, ServerStore
+from transfer.store.outbox import Outbox
 
 log = structlog.get_logger("transfer.server")
 
 __all__ = ["STATE", "ServerConfig", "ServerState", "make_app"]
 
 
-def make_app(store: ServerStore, config: ServerConfig | None = None) -> web.Application:
-    state = ServerState(store, config or ServerConfig())
+def make_app(
+    store: ServerStore, config: ServerConfig | None = None, *, outbox: Outbox | None = None
+) -> web.Application:
+    state = ServerState(store, config or ServerConfig(), outbox=outbox)
     _describe_metrics(state.metrics)
+    state.hooks.describe_metrics()
     describe_store_metrics(state.metrics, store)
     middlewares: list[Middleware] = [context_middleware]
     if state.config.cors_origins:
@@ -50,15 +55,18 @@ def make_app(store: ServerStore, config: ServerConfig | None = None) -> web.Appl
         # bearer check, so a preflight (never credentialed) is answered.
         middlewares.append(cors_middleware(state.config.cors_origins, _upload_paths(state)))
     middlewares.append(problems_middleware(state.metrics))
-    if state.config.token is not None:
-        middlewares.append(
-            bearer_middleware(state.config.token, protect_metrics=state.config.protect_metrics)
-        )
+    auth = auth_middleware(
+        state.config.token, state.keyring, protect_metrics=state.config.protect_metrics
+    )
+    if auth is not None:  # --token, or --tokens-file with tenants and scopes
+        middlewares.append(auth)
     app = web.Application(middlewares=middlewares, client_max_size=MiB)
     app[STATE] = state
     app.cleanup_ctx.append(_sweeper)
     app.cleanup_ctx.append(_record_sweeper)
+    app.cleanup_ctx.append(state.hooks.running)
     app.router.add_post("/uploads", create_upload)
+    app.router.add_get("/uploads", list_uploads)  # admin: unfinished uploads, all tenants
     app.router.add_put("/uploads/{upload_id}", put_chunk)
     app.router.add_route("HEAD", "/uploads/{upload_id}", head_upload)
     app.router.add_get("/uploads/{upload_id}", get_upload, allow_head=False)
@@ -93,6 +101,7 @@ async def _sweeper(app: web.Application) -> AsyncIterator[None]:
             state.metrics,
             ttl=state.config.partial_ttl,
             now=state.config.clock,
+            on_expired=state.hooks.expired,
         )
     )
     yield

@@ -24,8 +24,10 @@ from typing import Protocol
 import structlog
 
 from transfer.common.metrics import Metrics
+from transfer.core.errors import StorageFailure
 from transfer.core.events import Event
 from transfer.core.lifecycle import Trigger, allows, stage_of
+from transfer.core.records import UploadInfo
 from transfer.server.locks import KeyedLocks
 from transfer.store.base import ExpiringStore, RetainingStore, UploadStore
 
@@ -43,8 +45,10 @@ async def sweep_once(
     *,
     ttl: float,
     now: Callable[[], float],
+    on_expired: Callable[[UploadInfo], Awaitable[None]] | None = None,
 ) -> list[str]:
-    """Delete every partial upload idle longer than `ttl`; returns their ids."""
+    """Delete every partial upload idle longer than `ttl`; returns their ids.
+    `on_expired` (the hooks' `expired` event) is told of each, under its lock."""
     removed = []
     for upload_id, modified in await store.partials():
         if now() - modified <= ttl:
@@ -57,6 +61,8 @@ async def sweep_once(
             if info is None or not allows(stage_of(info), Trigger.EXPIRE):
                 continue
             await store.delete(upload_id)
+            if on_expired is not None:
+                await on_expired(info)
         removed.append(upload_id)
         metrics.inc("transfer_uploads_expired_total")
         log.info(Event.UPLOAD_EXPIRED, upload_id=upload_id, offset=info.state.offset, idle_s=ttl)
@@ -70,8 +76,12 @@ async def sweep_forever(
     *,
     ttl: float,
     now: Callable[[], float],
+    on_expired: Callable[[UploadInfo], Awaitable[None]] | None = None,
 ) -> None:
-    await _every(min(ttl / 4, 60.0), lambda: sweep_once(store, locks, metrics, ttl=ttl, now=now))
+    await _every(
+        min(ttl / 4, 60.0),
+        lambda: sweep_once(store, locks, metrics, ttl=ttl, now=now, on_expired=on_expired),
+    )
 
 
 async def sweep_records_once(
@@ -110,7 +120,12 @@ async def sweep_records_forever(
 
 
 async def _every(interval: float, sweep: Callable[[], Awaitable[object]]) -> None:
-    """Run `sweep` every `interval` seconds, for ever (until cancelled)."""
+    """Run `sweep` every `interval` seconds, for ever (until cancelled); a pass that
+    meets a storage failure (the S3 store's services away) is logged, and the next pass
+    tries again."""
     while True:
         await asyncio.sleep(interval)
-        await sweep()
+        try:
+            await sweep()
+        except StorageFailure as exc:
+            log.warning(Event.SWEEP_FAILED, error=exc.detail)

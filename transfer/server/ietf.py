@@ -38,6 +38,7 @@ import structlog
 from aiohttp import web
 
 from transfer.core import ietf, integrity
+from transfer.core.cloudevents import EventType
 from transfer.core.errors import (
     BadRequest,
     Code,
@@ -51,6 +52,7 @@ from transfer.core.ietf import PROTOCOL, Interop
 from transfer.core.lifecycle import Trigger, allows, stage_of
 from transfer.core.protocol import ChunkRange, plan_chunk
 from transfer.core.records import UploadInfo
+from transfer.core.tenancy import public_id
 from transfer.server import intake
 from transfer.server.ietf_104 import offer_resumption
 from transfer.server.ietf_request import Append, creation_spec, parse_append
@@ -156,8 +158,8 @@ async def create(request: web.Request) -> web.Response:
     _check_limits(state, append)
     async with state.admission.upload(spec.upload_id):
         if spec.size is not None:
-            state.admission.check_new(spec.size)
-        info = await state.store.create(spec)
+            state.admission.check_new(spec.size, spec.upload_id)
+        info = await state.hooks.create(state.store, spec)
         log.info(Event.UPLOAD_CREATED, size=spec.size, name=spec.name, protocol=PROTOCOL)
         url = _location(state, request, spec.upload_id)
         limits = await _limits(state, interop_of(request), info)
@@ -239,7 +241,10 @@ async def _finalize(state: ServerState, upload_id: str) -> UploadInfo:
     try:
         return await intake.finalize(state, upload_id, PROTOCOL)
     except DigestMismatch as exc:
+        info = await state.store.get(upload_id)
         await state.store.delete(upload_id)
+        if info is not None:
+            await state.hooks.emit(EventType.DELETED, info)
         log.info(Event.UPLOAD_DELETED, reason=exc.code, protocol=PROTOCOL)
         exc.headers["Upload-Complete"] = "?1"  # the data all arrived; resuming cannot help
         raise
@@ -265,7 +270,7 @@ def _check_limits(state: ServerState, append: Append) -> None:
 def _location(state: ServerState, request: web.Request, upload_id: str) -> str:
     base = state.config.ietf_path
     assert base is not None  # the routes exist only when the front-end is on
-    return str(request.url.with_path(base + upload_id).with_query(None))
+    return str(request.url.with_path(base + public_id(upload_id)).with_query(None))
 
 
 async def _limits(state: ServerState, interop: Interop, info: UploadInfo | None) -> str | None:

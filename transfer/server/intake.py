@@ -61,8 +61,8 @@ async def receive(
     """
     upload_id = info.spec.upload_id
     try:
-        async with state.admission.receiving(plan.write):
-            body = request_body(request, state.config)
+        async with state.admission.receiving(plan.write, upload_id) as slot:
+            body = request_body(request, state.config, slot)
             return await state.store.write_chunk(upload_id, plan, body, digest)
     finally:
         after = await state.store.get(upload_id)
@@ -78,7 +78,7 @@ async def finalize(state: ServerState, upload_id: str, protocol: str) -> UploadI
         DigestMismatch: `repr_digest_mismatch`; the upload was reset to offset 0.
     """
     try:
-        info = await state.store.finalize(upload_id)
+        info = await state.hooks.finalize(state.store, upload_id)
     except DigestMismatch:
         log.warning(Event.UPLOAD_RESET, reason="repr_digest_mismatch", protocol=protocol)
         raise

@@ -30,6 +30,8 @@ from aiohttp.typedefs import Middleware
 from transfer.common.metrics import Metrics
 from transfer.core.errors import Code, DigestMismatch, ProtocolError
 from transfer.core.events import Event
+from transfer.core.tenancy import tenant_of
+from transfer.server.tenants import PRINCIPAL, scoped_key
 
 log = structlog.get_logger("transfer.server")
 
@@ -38,7 +40,7 @@ UPLOAD_ID = web.RequestKey("upload_id", str)
 REQUEST_ID = web.RequestKey("request_id", str)
 BYTES = web.RequestKey("bytes", int)
 REQUEST_ID_HEADER = "X-Request-Id"
-_CONTEXT_KEYS = ("request_id", "upload_id")
+_CONTEXT_KEYS = ("request_id", "upload_id", "tenant", "credential")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # Methods timed under their own name; any other is "other". aiohttp's pure-Python parser
 # accepts any token as a method, so a label taken from the request would let a client add
@@ -80,10 +82,17 @@ def new_request_id() -> str:
 
 
 def bind_upload_id(request: web.Request, upload_id: str) -> str:
-    """Name the request's upload: in the access line and in every event logged after."""
+    """Name the request's upload: in the access line and in every event logged after.
+
+    Returns the upload's store key: the one place a client's id enters the caller's
+    tenant namespace (`tenants.scoped_key`; the id itself without tenancy)."""
     request[UPLOAD_ID] = upload_id
+    key = scoped_key(request, upload_id)
     structlog.contextvars.bind_contextvars(upload_id=upload_id)
-    return upload_id
+    tenant = tenant_of(key)
+    if tenant is not None:  # an admin's `?tenant=` may name another than the credential's
+        structlog.contextvars.bind_contextvars(tenant=tenant)
+    return key
 
 
 @web.middleware
@@ -167,4 +176,13 @@ class AccessLogger(AbstractAccessLogger):
             request_id=request.get(REQUEST_ID),
             bytes=request.get(BYTES, 0),
             duration_ms=round(time * 1000, 3),
+            **_who(request),
         )
+
+
+def _who(request: web.BaseRequest) -> dict[str, str]:
+    """With `--tokens-file`: the credential's name and tenant (never its token)."""
+    principal = request.get(PRINCIPAL)
+    if principal is None or principal.tenant is None:
+        return {}
+    return {"credential": principal.name, "tenant": principal.tenant}

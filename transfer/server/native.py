@@ -69,8 +69,8 @@ async def _open(state: ServerState, spec: UploadSpec) -> tuple[bool, UploadInfo]
     """Create the upload or re-open it (and whether it existed); under its lock."""
     existed = await state.store.get(spec.upload_id) is not None
     if not existed and spec.size is not None:
-        state.admission.check_new(spec.size)
-    info = await state.store.create(spec)
+        state.admission.check_new(spec.size, spec.upload_id)
+    info = await (state.store.create(spec) if existed else state.hooks.create(state.store, spec))
     if _may_finalize(info) and info.state.offset > 0:
         # A crash after the last byte but before publication: finish it now, as a status
         # query would, or a client resuming at offset == size has nothing to send.
@@ -177,8 +177,9 @@ async def _create_from_put(
         raise NotFound(Code.UPLOAD_NOT_FOUND, f"no upload {upload_id}")
     name, metadata = protocol.parse_upload_metadata(request.headers.get("Upload-Metadata", ""))
     if rng.total is not None:
-        state.admission.check_new(rng.total)
-    info = await state.store.create(UploadSpec(upload_id, name, rng.total, metadata, repr_digest))
+        state.admission.check_new(rng.total, upload_id)
+    spec = UploadSpec(upload_id, name, rng.total, metadata, repr_digest)
+    info = await state.hooks.create(state.store, spec)
     log.info(Event.UPLOAD_CREATED, size=rng.total, name=name, via="put")
     return info
 
@@ -216,8 +217,8 @@ async def _receive(
 ) -> UploadInfo:
     upload_id = info.spec.upload_id
     try:
-        async with state.admission.receiving(plan.write):
-            body = request_body(request, state.config)
+        async with state.admission.receiving(plan.write, upload_id) as slot:
+            body = request_body(request, state.config, slot)
             return await state.store.write_chunk(upload_id, plan, body, content_digest)
     finally:
         # Counted however the chunk ended: bytes of a broken-off body may be kept.
@@ -229,7 +230,7 @@ async def _receive(
 
 async def _finalize(state: ServerState, upload_id: str) -> UploadInfo:
     try:
-        info = await state.store.finalize(upload_id)
+        info = await state.hooks.finalize(state.store, upload_id)
     except DigestMismatch:
         log.warning(Event.UPLOAD_RESET, reason="repr_digest_mismatch")
         raise

@@ -35,6 +35,7 @@ from transfer.core import integrity, tus
 from transfer.core.errors import BadRequest, Code, ConfigError, PayloadTooLarge, ProtocolError
 from transfer.core.events import Event
 from transfer.core.records import UploadInfo, UploadSpec
+from transfer.core.tenancy import public_id
 from transfer.server.middleware import bind_upload_id
 from transfer.server.state import STATE, ServerState
 from transfer.server.tus_chunk import PROTOCOL, append, check_content_type
@@ -166,8 +167,8 @@ async def create(request: web.Request) -> web.Response:
     )
     async with state.admission.upload(spec.upload_id):
         if total is not None:
-            state.admission.check_new(total)
-        info = await state.store.create(spec)
+            state.admission.check_new(total, spec.upload_id)
+        info = await state.hooks.create(state.store, spec)
         log.info(Event.UPLOAD_CREATED, size=total, name=spec.name, protocol=PROTOCOL)
         info = await append(state, request, info, 0, checksum)
     return await _created(state, request, info)
@@ -189,7 +190,7 @@ def _check_size(state: ServerState, total: int | None) -> None:
 async def _created(state: ServerState, request: web.Request, info: UploadInfo) -> web.Response:
     base = state.config.tus_path
     assert base is not None
-    url = request.url.with_path(base + info.spec.upload_id).with_query(None)
+    url = request.url.with_path(base + public_id(info.spec.upload_id)).with_query(None)
     headers = {"Location": str(url), "Upload-Offset": str(info.state.offset)}
     headers.update(await expiry_headers(state, info))
     return web.Response(status=201, headers=headers)

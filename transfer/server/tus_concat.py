@@ -39,6 +39,7 @@ from transfer.core.protocol import ChunkRange, plan_chunk
 from transfer.core.records import FileRecord, UploadInfo, UploadSpec
 from transfer.server.middleware import bind_upload_id
 from transfer.server.state import ServerState
+from transfer.server.tenants import scoped_key
 from transfer.server.tus_chunk import PROTOCOL, finalize
 from transfer.store.base import PublishedFile
 
@@ -61,7 +62,8 @@ async def concatenate(
     """
     base = state.config.tus_path
     assert base is not None  # the routes exist only when tus is on
-    records = [await _partial(state, upload_id) for upload_id in tus.partial_ids(final, base)]
+    ids = [scoped_key(request, upload_id) for upload_id in tus.partial_ids(final, base)]
+    records = [await _partial(state, key) for key in ids]
     total = sum(record.size for record in records)
     if total > state.config.max_upload:
         raise PayloadTooLarge(
@@ -78,8 +80,8 @@ async def concatenate(
         extra={tus.CONCAT_KEY: concat},
     )
     async with state.admission.upload(spec.upload_id):
-        state.admission.check_new(total)
-        info = await state.store.create(spec)
+        state.admission.check_new(total, spec.upload_id)
+        info = await state.hooks.create(state.store, spec)
         log.info(Event.UPLOAD_CREATED, size=total, name=spec.name, protocol=PROTOCOL)
         for record in records:
             info = await _append(state, info, record)
@@ -115,7 +117,7 @@ async def _append(state: ServerState, info: UploadInfo, record: FileRecord) -> U
     if published is None:
         raise BadRequest(Code.CONCAT_PARTIAL_INCOMPLETE, f"{record.upload_id} is not published")
     strong = {k: v for k, v in record.digests.items() if k in integrity.ALGORITHMS}
-    async with published, state.admission.receiving(plan.write):
+    async with published, state.admission.receiving(plan.write, info.spec.upload_id):
         return await state.store.write_chunk(
             info.spec.upload_id, plan, _pieces(published, record.size), strong
         )

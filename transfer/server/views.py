@@ -14,6 +14,7 @@ import structlog
 from aiohttp import web
 
 from transfer.core import integrity, protocol
+from transfer.core.cloudevents import EventType
 from transfer.core.errors import (
     Code,
     Conflict,
@@ -22,6 +23,7 @@ from transfer.core.errors import (
 from transfer.core.events import Event
 from transfer.core.lifecycle import Trigger, allows, stage_of
 from transfer.core.records import UploadInfo
+from transfer.core.tenancy import public_id
 from transfer.server.download import FileDownload
 from transfer.server.middleware import bind_upload_id
 from transfer.server.state import STATE, ServerState
@@ -30,12 +32,13 @@ log = structlog.get_logger("transfer.server")
 
 
 def upload_id_of(request: web.Request) -> str:
-    """The route's upload id, validated and bound to the request's log context."""
+    """The route's upload id, validated and bound to the request's log context, as
+    the store key of the caller's namespace (`tenants.scoped_key`)."""
     return bind_upload_id(request, protocol.validate_id(request.match_info["upload_id"]))
 
 
 def location(request: web.Request, upload_id: str) -> str:
-    return str(request.url.with_path(f"/uploads/{upload_id}").with_query(None))
+    return str(request.url.with_path(f"/uploads/{public_id(upload_id)}").with_query(None))
 
 
 def range_headers(offset: int) -> dict[str, str]:
@@ -68,9 +71,9 @@ def completed(info: UploadInfo) -> web.Response:
 
 def describe(info: UploadInfo) -> dict[str, object]:
     if info.record is not None:
-        return {**info.record.to_json(), "complete": True}
+        return {**info.record.to_json(), "id": public_id(info.spec.upload_id), "complete": True}
     return {
-        "id": info.spec.upload_id,
+        "id": public_id(info.spec.upload_id),
         "name": info.spec.name,
         "size": info.spec.size,
         "metadata": dict(info.spec.metadata),
@@ -83,7 +86,7 @@ async def known_upload(request: web.Request) -> UploadInfo:
     upload_id = upload_id_of(request)
     info = await request.app[STATE].store.get(upload_id)
     if info is None:
-        raise NotFound(Code.UPLOAD_NOT_FOUND, f"no upload {upload_id}")
+        raise NotFound(Code.UPLOAD_NOT_FOUND, f"no upload {public_id(upload_id)}")
     return info
 
 
@@ -117,6 +120,7 @@ async def delete_upload(request: web.Request) -> web.Response:
         if not allows(stage_of(info), Trigger.DELETE):
             raise Conflict(Code.UPLOAD_COMPLETE, "a completed upload cannot be aborted")
         await state.store.delete(upload_id)
+        await state.hooks.emit(EventType.DELETED, info)
     log.info(Event.UPLOAD_DELETED, offset=info.state.offset)
     return web.Response(status=204)
 
@@ -126,7 +130,7 @@ async def get_file(request: web.Request) -> web.StreamResponse:
     upload_id = upload_id_of(request)
     published = await request.app[STATE].store.open_file(upload_id)
     if published is None:
-        raise NotFound(Code.FILE_NOT_FOUND, f"no completed file {upload_id}")
+        raise NotFound(Code.FILE_NOT_FOUND, f"no completed file {public_id(upload_id)}")
     return FileDownload(published)
 
 

@@ -34,6 +34,7 @@ from transfer.core.errors import DigestMismatch
 from transfer.core.integrity import Digests
 from transfer.core.protocol import ChunkPlan, UploadState
 from transfer.core.records import FileRecord, UploadInfo, UploadSpec, check_same, declared
+from transfer.core.tenancy import SEPARATOR
 from transfer.store.base import PublishedFile, StoreCounts
 from transfer.store.chunkwriter import ChunkWriter
 from transfer.store.layout import DiskLayout
@@ -102,6 +103,11 @@ class FileStore:
 
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.uploads_dir).free
+
+    def partial_bytes_of(self, tenant: str) -> int:
+        """One tenant's share of `partial_bytes` (a pass over the unfinished uploads)."""
+        prefix = tenant + SEPARATOR
+        return sum(n for key, n in self._partial.items() if key.startswith(prefix))
 
     async def partials(self) -> list[tuple[str, float]]:
         return await asyncio.to_thread(self._disk.partials)
@@ -281,7 +287,7 @@ class FileStore:
         await asyncio.to_thread(self._disk.publish, spec, record)
         await asyncio.gather(
             asyncio.to_thread(self._disk.sync_dirs, self.uploads_dir),
-            asyncio.to_thread(self._disk.sync_dirs, self.files_dir),
+            asyncio.to_thread(self._disk.sync_dirs, self._disk.published_dir(spec.upload_id)),
         )
         await asyncio.to_thread(self._disk.retire, spec.upload_id)
 

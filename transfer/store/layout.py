@@ -4,6 +4,7 @@
     uploads/{id}.part        the bytes received so far: its length IS the upload's offset
     records/ab/cd/{id}.json  a completed upload's record (`recordtree.py`: sharded by hash)
     files/{id}               published files, complete and verified; nothing partial ever lands here
+    files/{tenant}/{id}      the same for a tenant (store key `{tenant}~{id}`: core/tenancy)
 
 `uploads/` holds only what is unfinished (partial uploads, and publications a crash
 interrupted), so start-up reads that and nothing of history: records are read one at
@@ -49,6 +50,7 @@ from transfer.core.records import (
     spec_from_json,
     spec_to_json,
 )
+from transfer.core.tenancy import SEPARATOR
 from transfer.store import ospath
 from transfer.store.recordtree import RecordTree
 from transfer.store.shared import ClosingReader
@@ -84,7 +86,23 @@ class DiskLayout:
         return f"{self.uploads_dir}/{upload_id}.part"
 
     def published(self, upload_id: str) -> str:
-        return f"{self.files_dir}/{upload_id}"
+        tenant, _, name = upload_id.rpartition(SEPARATOR)
+        return f"{self.files_dir}/{tenant}/{name}" if tenant else f"{self.files_dir}/{upload_id}"
+
+    def published_dir(self, upload_id: str) -> str:
+        """The directory `published(upload_id)` is in: `files/`, or `files/{tenant}`."""
+        return os.path.dirname(self.published(upload_id))  # noqa: PTH120 (a str name)
+
+    def _make_published_dir(self, upload_id: str) -> None:
+        """Create a tenant's `files/{tenant}` on its first publication, durably."""
+        directory = self.published_dir(upload_id)
+        if directory == str(self.files_dir):
+            return
+        try:
+            os.mkdir(directory)  # noqa: PTH102 (a str name)
+        except FileExistsError:
+            return
+        self.sync_dirs(self.files_dir)
 
     def _load(self, path: str) -> dict[str, Any] | None:
         data = ospath.read(path)
@@ -162,7 +180,8 @@ class DiskLayout:
             if "part" in names and self._finish(upload_id):
                 found.recovered.append(upload_id)
             ospath.unlink(self.meta(upload_id))
-        self.sync_dirs(self.uploads_dir, self.files_dir)
+        tenant_dirs = {self.published_dir(upload_id) for upload_id, _ in pending}
+        self.sync_dirs(self.uploads_dir, self.files_dir, *tenant_dirs)
 
     def _finish(self, upload_id: str) -> bool:
         """The rename a crash interrupted; False if the file was published already (the
@@ -170,6 +189,7 @@ class DiskLayout:
         if ospath.stat(self.published(upload_id)) is not None:
             ospath.unlink(self.part(upload_id))
             return False
+        self._make_published_dir(upload_id)
         os.replace(self.part(upload_id), self.published(upload_id))
         return True
 
@@ -246,6 +266,7 @@ class DiskLayout:
         doc = spec_to_json(spec)
         doc.update(complete=True, size=record.size, digests=integrity.to_hex(record.digests))
         self.records.write(spec.upload_id, json.dumps(doc).encode())
+        self._make_published_dir(spec.upload_id)
         os.replace(self.part(spec.upload_id), self.published(spec.upload_id))
 
     def retire(self, upload_id: str) -> None:
@@ -259,7 +280,7 @@ class DiskLayout:
             ospath.unlink(path)
         self.sync_dirs(self.uploads_dir)
 
-    def sync_dirs(self, *directories: Path) -> None:
+    def sync_dirs(self, *directories: str | Path) -> None:
         if self.durable:
             for directory in directories:
                 fsync_dir(directory)

@@ -26,6 +26,7 @@ from transfer.core.errors import DigestMismatch
 from transfer.core.integrity import Digests, MultiHasher
 from transfer.core.protocol import ChunkPlan, UploadState
 from transfer.core.records import FileRecord, UploadInfo, UploadSpec, check_same, declared
+from transfer.core.tenancy import SEPARATOR
 from transfer.store.base import PublishedFile, StoreCounts
 from transfer.store.shared import (
     ChunkIntake,
@@ -120,6 +121,10 @@ class MemoryStore:
     @property
     def partial_bytes(self) -> int:
         return sum(len(part) for part in self.backing.parts.values())
+
+    def partial_bytes_of(self, tenant: str) -> int:
+        prefix = tenant + SEPARATOR
+        return sum(len(part) for key, part in self.backing.parts.items() if key.startswith(prefix))
 
     def free_bytes(self) -> int:
         published = sum(len(f.data) for f in self.backing.files.values())

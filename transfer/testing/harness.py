@@ -148,11 +148,16 @@ class Harness:
         extra: Iterable[str] = (),
         name: str | None = None,
         deadline: float | None = None,
+        store: str | None = None,
     ) -> ServerProcess:
-        """`transfer serve` on 127.0.0.1, returned once it has logged `server.started`."""
+        """`transfer serve` on 127.0.0.1, returned once it has logged `server.started`.
+
+        With `store` (`--store URL`, e.g. s3://BUCKET/PREFIX) `--data-dir` is not passed
+        and `data_dir` only names a directory of this server's own (unused by it)."""
         name = name or f"serve{len(self.children)}"
         log = self.log_file(name)
-        args = ["serve", "--host", HOST, "--port", str(port), "--data-dir", str(data_dir)]
+        where = ["--data-dir", str(data_dir)] if store is None else ["--store", store]
+        args = ["serve", "--host", HOST, "--port", str(port), *where]
         marks, common = self._marks(log), self._start(name, [*args, *extra])
         server = self._track(ServerProcess(**common, **marks, log=log, data_dir=data_dir))
         try:

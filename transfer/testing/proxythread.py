@@ -46,7 +46,8 @@ class ProxyThread:
             raise RuntimeError(f"fault proxy did not start: {self._error!r}")
 
     def stop(self) -> None:
-        if self._loop is not None and self._stop is not None:
+        """Idempotent: a proxy already stopped (its loop closed) is left as it is."""
+        if self._loop is not None and self._stop is not None and self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._stop.set)
         if self._thread.is_alive():
             self._thread.join(self._deadline)

@@ -3,6 +3,7 @@ PostgreSQL, so several `transfer serve` replicas can share uploads (docs/scaling
 
     location   where it is: parse `--store` URLs (pure; imports neither client)
     records    the PostgreSQL side: schema migrations, rows, per-upload locks, compare-and-set
+    failures   what an S3 or PostgreSQL failure becomes: 503 while away, else 500
     objects    the S3 side: objects, multipart uploads, listings; errors become StorageFailure
     intake     one chunk taken in: whole parts uploaded as they fill, the rest kept as a tail
     store      `S3Store`, the `ServerStore` over both, and `S3Backend`, the open connections

@@ -20,12 +20,13 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 
 from transfer.core.errors import ConfigError
-from transfer.store.s3.location import S3Location
+from transfer.store.s3.location import S3Location, redact_dsn
 from transfer.store.s3.objects import Objects, error_code
 from transfer.store.s3.records import Records, migrate
 from transfer.store.s3.store import S3Backend
 
 CONNECT_TIMEOUT = 10.0
+COMMAND_TIMEOUT = 30.0  # no query of ours takes long: a hang is an outage (503), not a wait
 
 
 async def open_backend(
@@ -86,10 +87,14 @@ async def _check_bucket(client: Any, where: S3Location, endpoint: str | None) ->
 
 async def _pool(dsn: str, pool_size: int) -> Any:
     """A migrated pool. Raises: ConfigError with the reason the database refused."""
-    where = dsn.rsplit("@", 1)[-1]  # never print a password
+    where = redact_dsn(dsn)  # never print a password
     try:
         pool = await asyncpg.create_pool(
-            dsn, min_size=1, max_size=pool_size, timeout=CONNECT_TIMEOUT
+            dsn,
+            min_size=1,
+            max_size=pool_size,
+            timeout=CONNECT_TIMEOUT,
+            command_timeout=COMMAND_TIMEOUT,
         )
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
         reason = str(exc) or type(exc).__name__

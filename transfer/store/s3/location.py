@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from transfer.core.errors import ConfigError
 
@@ -57,9 +57,33 @@ def parse_store(url: str) -> Path | S3Location:
 
 def check_db_url(url: str) -> str:
     """Raises: ConfigError unless `url` is a postgresql:// (or postgres://) URL."""
-    if urlsplit(url).scheme not in ("postgresql", "postgres"):
-        raise ConfigError(f"--db {url.rsplit('@', maxsplit=1)[-1]}: expected postgresql://...")
+    try:
+        scheme = urlsplit(url).scheme
+    except ValueError:  # an unbalanced [ in the host, say
+        scheme = ""
+    if scheme not in ("postgresql", "postgres"):
+        raise ConfigError(f"--db {redact_dsn(url)}: expected postgresql://...")
     return url
+
+
+def redact_dsn(dsn: str) -> str:
+    """`dsn` with its password (in the authority or a `password=` parameter) as `***`,
+    for logs and errors; one that cannot be parsed is not shown at all."""
+    try:
+        parts = urlsplit(dsn)
+        password = parts.password
+    except ValueError:
+        return "(an unparseable URL)"
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if not password and not any(k == "password" for k, _ in query):
+        return dsn
+    netloc = parts.netloc
+    if password:
+        user, host = netloc.rsplit("@", 1)
+        netloc = f"{user.split(':', 1)[0]}:***@{host}"
+    query = [(k, "***" if k == "password" else v) for k, v in query]
+    rest = urlunsplit(parts._replace(scheme="", netloc="", query=urlencode(query, safe="*/")))
+    return f"{parts.scheme}://{netloc}{rest}"
 
 
 def check_endpoint(url: str) -> str:
@@ -70,4 +94,4 @@ def check_endpoint(url: str) -> str:
     return url
 
 
-__all__ = ["S3Location", "check_db_url", "check_endpoint", "parse_store"]
+__all__ = ["S3Location", "check_db_url", "check_endpoint", "parse_store", "redact_dsn"]

@@ -7,8 +7,9 @@
 
 Invariants:
 - Every call returns only once S3 acknowledged it; an S3 acknowledgement is durable.
-- Any failure of S3 or of the connection is `StorageFailure(storage_error)` with the
-  reason; cancellation is never caught. botocore's own retries are off: a failed call
+- Any failure of S3 or of the connection is a `StorageFailure` with the reason:
+  `storage_unavailable` (503) when S3 is away, else `storage_error` (`failures.py`);
+  cancellation is never caught. botocore's own retries are off: a failed call
   fails the request, and the client (whose retries are logged) tries again.
 - No method swallows an error except the `discard_*` ones, which tidy up after the
   record moved on: what they miss, the sweep (`sweep.py`) removes later.
@@ -17,8 +18,6 @@ Invariants:
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -26,13 +25,13 @@ from typing import Any
 import botocore.exceptions
 import structlog
 
-from transfer.core.errors import Code, StorageFailure
+from transfer.core.errors import StorageFailure
 from transfer.core.events import Event
+from transfer.store.s3.failures import s3_errors as storage_errors
 from transfer.store.s3.location import S3Location
 from transfer.store.shared import ClosingReader
 
 log = structlog.get_logger("transfer.store.s3")
-_FAILURES = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError)
 
 
 def error_code(exc: BaseException) -> str:
@@ -40,15 +39,6 @@ def error_code(exc: BaseException) -> str:
     if isinstance(exc, botocore.exceptions.ClientError):
         return str(exc.response.get("Error", {}).get("Code", ""))
     return ""
-
-
-@asynccontextmanager
-async def storage_errors(what: str) -> AsyncIterator[None]:
-    """S3 and connection failures as `StorageFailure`, with what was being done."""
-    try:
-        yield
-    except _FAILURES as exc:
-        raise StorageFailure(Code.STORAGE_ERROR, f"object store: {what}: {exc}") from exc
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,17 +16,19 @@ Invariants (beyond the seam's, in `base.py`):
   the multipart upload is completed first (S3 cannot read parts back) and read back, and
   on a mismatch the object is deleted before the offset is reset. Publication, for
   `open_file`, is the row's record: the API never serves an object without one.
-- `partial_bytes` is the cluster-wide sum of partial offsets as of this process's last
-  change or listing (it is a synchronous property and cannot ask the database).
+- `partial_bytes` (and `partial_bytes_of(tenant)`, the same sum over the tenant's
+  `{tenant}~{id}` rows) is the cluster-wide sum of partial offsets as of this process's
+  last change or listing (it is synchronous and cannot ask the database), so
+  `--max-partial` and `--tenant-max-partial` hold across replicas up to what the others
+  wrote since.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import AsyncIterable, Callable, Coroutine
+from collections.abc import AsyncIterable, Callable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import structlog
@@ -38,6 +40,7 @@ from transfer.core.integrity import Digests, MultiHasher
 from transfer.core.protocol import ChunkPlan, UploadState
 from transfer.core.records import FileRecord, UploadInfo, UploadSpec, check_same, declared
 from transfer.store.base import PublishedFile, StoreCounts
+from transfer.store.s3.failures import run_to_end
 from transfer.store.s3.intake import PART_MIN, S3Chunk
 from transfer.store.s3.objects import Objects, S3File, error_code
 from transfer.store.s3.records import Layout, Records, Row
@@ -59,35 +62,13 @@ class S3Backend:
     exits: AsyncExitStack
     partial_bytes: int = 0
     partials: int = 0
+    tenant_bytes: dict[str, int] = field(default_factory=dict)  # partial bytes by tenant
 
     async def refresh(self) -> None:
-        self.partials, self.partial_bytes = await self.records.partial_totals()
+        self.partials, self.partial_bytes, self.tenant_bytes = await self.records.partial_totals()
 
     async def close(self) -> None:
         await self.exits.aclose()
-
-
-async def run_to_end(step: Coroutine[Any, Any, T]) -> T:
-    """Run `step` to its end even if the caller is cancelled meanwhile; the cancellation
-    is raised afterwards (the step holds a database connection the caller must not
-    release under it)."""
-    task = asyncio.ensure_future(step)
-    interrupted: asyncio.CancelledError | None = None
-    while True:
-        try:
-            result = await asyncio.shield(task)
-        except asyncio.CancelledError as exc:
-            if task.done():
-                raise
-            interrupted = exc
-            continue
-        except BaseException as exc:
-            if interrupted is not None:
-                raise interrupted from exc
-            raise
-        if interrupted is not None:
-            raise interrupted
-        return result
 
 
 class S3Store:
@@ -115,6 +96,10 @@ class S3Store:
     @property
     def partial_bytes(self) -> int:
         return self._backend.partial_bytes
+
+    def partial_bytes_of(self, tenant: str) -> int:
+        """`TenantQuotaStore`: one tenant's share of `partial_bytes`, as fresh as it."""
+        return self._backend.tenant_bytes.get(tenant, 0)
 
     def counts(self) -> StoreCounts:
         """`CountedStore`: nothing is read at start-up and no record is cached (every
@@ -146,8 +131,10 @@ class S3Store:
         return None if row is None else self._info(row)
 
     async def _read(self, upload_id: str) -> Row | None:
+        """The upload's row; None for an unknown id or a forgotten record."""
         self._rows_read += 1
-        return await self._db.get(upload_id)
+        row = await self._db.get(upload_id)
+        return None if row is None or row.forgotten else row
 
     async def _row(self, upload_id: str) -> Row:
         row = await self._read(upload_id)
@@ -161,6 +148,9 @@ class S3Store:
             self._running[spec.upload_id] = RunningHash(whole_algorithms(spec))
             self._seen[spec.upload_id] = 0
             return UploadInfo(spec, UploadState(0, spec.size))
+        row = await self._db.get(spec.upload_id)
+        if row is not None and row.forgotten:  # ids are never reused
+            raise Conflict(Code.UPLOAD_COMPLETE, f"upload {spec.upload_id} is complete")
         existing = self._info(await self._row(spec.upload_id))
         check_same(existing.spec, spec)
         return await self.declare(spec.upload_id, size=spec.size, repr_digest=spec.repr_digest)
@@ -374,12 +364,30 @@ class S3Store:
         await self._objects.discard_upload(upload_id, row.layout.mpu)
         await self._objects.discard(row.layout.tail)
 
+    # --- RetainingStore (--record-ttl) ----------------------------------------------------
+
+    async def completed_before(self, cutoff: float) -> list[str]:
+        return await self._db.completed_before(int(cutoff * 1e9))
+
+    async def completed_at(self, upload_id: str) -> float | None:
+        row = await self._read(upload_id)
+        if row is None or row.record is None or row.published_ns is None:
+            return None
+        return row.published_ns / 1e9
+
+    async def forget_record(self, upload_id: str) -> None:
+        """The row stays, marked: `get` answers None, `create` refuses the id, and
+        `files/{id}` is still served."""
+        await self._db.forget(upload_id)
+
     async def open_file(self, upload_id: str) -> PublishedFile | None:
         row = await self._db.get(upload_id)
         if row is None or row.record is None:
             return None
         key = self._objects.file_key(upload_id)
+        if await self._objects.head(key) is None:  # before any header: S3 away is a 503
+            return None
         return S3File(self._objects, key, row.record.size, row.published_ns or 0)
 
 
-__all__ = ["S3Backend", "S3Store", "run_to_end"]
+__all__ = ["S3Backend", "S3Store"]

@@ -91,6 +91,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bandwidth", type=int, default=None)
     p.add_argument("--deadline", type=float, default=1800.0, help="seconds for all cycles")
     p.add_argument("--protocol", choices=PROTOCOLS, default="native", help="the sender's")
+    p.add_argument(
+        "--journal-compact-at",
+        default=None,
+        metavar="SIZE",
+        help="the sender's; tiny (e.g. 1KiB) compacts its journal every few records",
+    )
+    p.add_argument(
+        "--cluster",
+        type=int,
+        default=0,
+        metavar="N",
+        help="instead of one server: N replicas on SeaweedFS + PostgreSQL behind nginx "
+        "(transfer.testing.cluster_chaos; native protocol, no fault proxy)",
+    )
     return p
 
 
@@ -118,6 +132,7 @@ def config_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Ch
         sides=sides,
         deadline=args.deadline,
         protocol=args.protocol,
+        journal_compact_at=args.journal_compact_at,
     )
     # Whatever is left after the cycles is generated at the sender's own pace.
     finish = 120.0 + config.count * parse_duration(config.max_interval)
@@ -128,7 +143,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     config = config_from(args, parser)
-    report = run_chaos(config)
+    if args.cluster:
+        if config.plan is not None or config.protocol != "native":
+            parser.error("--cluster runs the native protocol without the fault proxy")
+        from transfer.testing.cluster_chaos import run_on_new_cluster  # noqa: PLC0415
+
+        report = run_on_new_cluster(config, args.cluster)
+    else:
+        report = run_chaos(config)
     if args.workdir is None and not args.keep and report.ok:
         shutil.rmtree(config.workdir, ignore_errors=True)
     elif not report.ok:

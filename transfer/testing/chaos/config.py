@@ -43,6 +43,7 @@ class ChaosConfig:
     plan: Plan | None = None  # a FaultProxy plan; None runs without the proxy
     sides: tuple[str, ...] = SIDES
     protocol: str = "native"  # `transfer send --protocol`; the server speaks them all
+    journal_compact_at: str | None = None  # `transfer send --journal-compact-at`; None: its default
     cycle_deadline: float = 30.0  # longest wait for one kill moment
     finish_deadline: float = 180.0  # for the sender to finish after the last cycle
     deadline: float = 1800.0  # for the whole run's kill cycles
@@ -57,6 +58,7 @@ class ChaosConfig:
             "--retry-timeout", self.retry_timeout,
             "--inject-corruption", str(self.inject_corruption),
             "--protocol", self.protocol,
+            *(["--journal-compact-at", self.journal_compact_at] if self.journal_compact_at else []),
         ]  # fmt: skip
 
 

@@ -4,6 +4,8 @@
     sender  mid_chunk       a `.part` growing: a chunk being written (else after 1-4 chunk.sent)
     sender  before_confirm  the server logged `upload.completed` for a file the sender has
                             not logged as confirmed
+    sender  compaction      a journal compaction's temporary file in the spool (else right
+                            after a `journal.compacted`); only with `--journal-compact-at`
     server  mid_chunk       as above (else after 1-4 PUTs with bytes in the access log)
     server  publish         a `.part` holding all its bytes, not yet published (else right
                             after an `upload.completed`)
@@ -21,6 +23,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from transfer.core.events import Event
 from transfer.testing.chaos.offsets import upload_of
@@ -37,16 +40,23 @@ class Moments:
     """Chooses each cycle's victim and moment; builds the probe that waits for it."""
 
     def __init__(
-        self, rng: random.Random, count: int, logs: tuple[LogFile, LogFile], uploads: Uploads
+        self,
+        rng: random.Random,
+        count: int,
+        logs: tuple[LogFile, LogFile],
+        uploads: Uploads,
+        compacting: Path | None = None,
     ) -> None:
         self.rng, self.count, self.uploads = rng, count, uploads
         self.server_log, self.sender_log = logs
+        self.spool = compacting  # the spool, when compaction is forced to run often
 
     def choose(self, sides: Sequence[str]) -> tuple[str, str, float]:
         """(side, moment, delay for `random`)."""
         side = self.rng.choice(sides)
         if side == "sender":
             moments = [m for m in SENDER_MOMENTS if m != "generation" or self._generating()]
+            moments += ["compaction"] if self.spool is not None else []
         else:
             moments = list(SERVER_MOMENTS)
         return side, self.rng.choice(moments), self.rng.uniform(0.0, 1.0)
@@ -64,6 +74,8 @@ class Moments:
             return lambda: "before_confirm" if self._unconfirmed_completion(peer_mark) else None
         if moment == "publish":
             return self._publish_probe(victim)
+        if moment == "compaction":
+            return self._compaction_probe(victim)
         return self._mid_chunk_probe(side, victim, self.rng.randint(1, 4))
 
     def _generating(self) -> bool:
@@ -88,6 +100,16 @@ class Moments:
             if self.uploads.look()[1]:
                 return "publish"
             return "after_publish" if victim.named(Event.UPLOAD_COMPLETED) else None
+
+        return probe
+
+    def _compaction_probe(self, victim: TransferChild) -> Probe:
+        temporary = [self.spool / f"journal.{n}.tmp" for n in ("ckpt", "log")] if self.spool else []
+
+        def probe() -> str | None:
+            if any(path.exists() for path in temporary):
+                return "compaction"
+            return "after_compaction" if victim.named(Event.JOURNAL_COMPACTED) else None
 
         return probe
 

@@ -17,6 +17,7 @@ import dataclasses
 import random
 import time
 from collections import Counter
+from collections.abc import Callable
 
 from transfer.core.events import Event
 from transfer.testing.chaos.config import (
@@ -38,6 +39,20 @@ from transfer.testing.polling import NotReached, poll
 from transfer.testing.proxythread import ProxyThread
 
 
+def sender_done(
+    sender: SenderProcess | None, report: ChaosReport, restart: Callable[[], None]
+) -> bool:
+    """True once `sender` has exited 0; one that exited otherwise is counted in `report`
+    and restarted (`restart`), on the same spool."""
+    assert sender is not None
+    code = sender.proc.poll()
+    if code is None or code == 0:
+        return code == 0
+    report.sender_failed_exits += 1
+    restart()
+    return False
+
+
 class Run:
     def __init__(self, config: ChaosConfig) -> None:
         self.config = config
@@ -57,7 +72,8 @@ class Run:
         self.port = 0
         logs = (self.server_log, self.sender_log)
         rng = random.Random(config.seed)
-        self.chooser = Moments(rng, config.count, logs, Uploads(self.data_dir))
+        compacting = self.spool if config.journal_compact_at else None
+        self.chooser = Moments(rng, config.count, logs, Uploads(self.data_dir), compacting)
 
     # -- processes
 
@@ -130,14 +146,7 @@ class Run:
             self.start_sender()
 
     def _sender_done(self) -> bool:
-        """True once the sender has exited 0; one that exited otherwise is restarted."""
-        assert self.sender is not None
-        code = self.sender.proc.poll()
-        if code is None or code == 0:
-            return code == 0
-        self.report.sender_failed_exits += 1
-        self.start_sender()
-        return False
+        return sender_done(self.sender, self.report, self.start_sender)
 
     def _wait(self, victim: TransferChild, probe: Probe) -> str | None:
         """The moment's label; None if a process exited first, "deadline" if it never came."""
