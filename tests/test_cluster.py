@@ -99,10 +99,10 @@ def test_a_replica_killed_mid_upload_the_sender_finishes_through_another(
     source = tmp_path / "big.bin"
     source.write_bytes(os.urandom(64 * MiB))
     spool = tmp_path / "spool"
-    # Paced at 8 MiB/s so the upload is still running when 4 chunks have landed
+    # Paced at 4 MiB/s a connection so the upload is still running when 4 chunks have landed
     # (unpaced, a quiet machine can finish before the poll sees them).
     nginx_port = int(cluster.url.rsplit(":", 1)[1])
-    proxy = ProxyThread(nginx_port, Fault(bandwidth=8 * MiB))
+    proxy = ProxyThread(nginx_port, Fault(bandwidth=4 * MiB))
     request.addfinalizer(proxy.stop)
     proxy.start()
     sender = cluster.harness.send(
