@@ -33,7 +33,6 @@ from support import missing_piece
 from transfer.common.http import new_session
 from transfer.core.events import Event
 from transfer.testing.chaos.config import ChaosConfig
-from transfer.testing.children import ServerProcess
 from transfer.testing.cluster import Cluster, ClusterConfig
 from transfer.testing.cluster_chaos import run_cluster_chaos
 from transfer.testing.cluster_nginx import cluster_conf
@@ -66,11 +65,11 @@ def cluster(services: Services, tmp_path: Path) -> Iterator[Cluster]:
         yield running
 
 
-def puts_of(replica: ServerProcess, upload_id: str) -> int:
-    """PUTs with bytes that `replica` answered for `upload_id` (this run of it)."""
+def puts_in(cluster: Cluster, index: int, upload_id: str) -> int:
+    """PUTs with bytes that replica `index` answered for `upload_id` (every run of it)."""
     return sum(
         1
-        for e in replica.named(Event.REQUEST)
+        for e in cluster.harness.log_file(f"replica{index}").named(Event.REQUEST)
         if e.get("upload_id") == upload_id and e.get("method") == "PUT" and e.get("bytes")
     )
 
@@ -114,17 +113,32 @@ def test_a_replica_killed_mid_upload_the_sender_finishes_through_another(
     )
 
     def holder() -> int | None:
-        """The replica that has taken 4 chunks of the upload (nginx's hash chose it)."""
-        counts = [puts_of(r, str(upload_id)) for r in cluster.replicas]
-        return next((i for i, n in enumerate(counts) if n >= 4), None)
+        """Once the sender has 4 chunks acknowledged, the replica that took the most of
+        them (nginx's hash chose it). Counted from the replicas' log files themselves,
+        one reader per file (`Harness.log_file`), whatever process wrote them."""
+        if len(sender.named(Event.CHUNK_SENT)) < 4:
+            return None
+        counts = [puts_in(cluster, i, str(upload_id)) for i in range(len(cluster.replicas))]
+        best = max(range(len(counts)), key=counts.__getitem__)
+        return best if counts[best] else None
 
-    victim = wait_until(holder, "4 chunks on one replica", deadline=60, alive=sender.alive)
+    def counts() -> str:
+        per_replica = [puts_in(cluster, i, str(upload_id)) for i in range(len(cluster.replicas))]
+        return f"PUTs per replica: {per_replica}\n{sender.report()}"
+
+    victim = wait_until(
+        lambda: None if (v := holder()) is None else (v,),
+        "4 chunks acknowledged",
+        deadline=60,
+        alive=sender.alive,
+        context=counts,
+    )[0]
     assert not completions_of(cluster, str(upload_id))
     cluster.kill_replica(victim)
 
     assert sender.finish(timeout=180) == 0, sender.report()
-    others = [r for i, r in enumerate(cluster.replicas) if i != victim]
-    assert any(puts_of(r, str(upload_id)) for r in others)  # another replica took over
+    others = [i for i in range(len(cluster.replicas)) if i != victim]
+    assert any(puts_in(cluster, i, str(upload_id)) for i in others)  # another took over
     assert len(completions_of(cluster, str(upload_id))) == 1  # published once
     stored = download(f"{cluster.url}/files/{upload_id}")
     assert hashlib.sha256(stored).digest() == hashlib.sha256(source.read_bytes()).digest()
