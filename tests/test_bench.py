@@ -17,6 +17,7 @@ BENCH = Path(__file__).resolve().parent.parent / "scripts" / "bench.py"
 ROW_IDS = ("R1", "R2", "R3", "R4", "R5", "R6", "R7", "R8", "D1", "D2")
 SCENARIOS = ("S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8")
 CLUSTER = ("C1", "C2", "C3", "C4")  # a local S3 cluster (scripts/benchlib/cluster.py): ~70 s
+PEERS = ("P1", "P2")  # ours and @tus/server (Node); tusd only where $TUSD names a binary
 
 
 @pytest.mark.slow
@@ -48,3 +49,9 @@ def test_quick_bench_reports_every_scenario(tmp_path: Path) -> None:
     if skipped:  # no nginx, weed or pgserver here: the rows say which
         missing_piece(f"the cluster rows were {skipped[0]}")
     assert all("n/a" not in r.split("|")[3] for r in cluster), "a cluster row has no figure"
+    peers = [r for r in rows if r.split("|")[1].strip() in PEERS and "tusd" not in r]
+    assert {r.split("|")[1].strip() for r in peers} == set(PEERS)
+    node = [r.split("|")[-2].strip() for r in peers if "skipped:" in r]
+    if node:  # no node or no npm packages in tests/node-tus-server: the row says which
+        missing_piece(f"the peer rows were {node[0]}")
+    assert all("n/a" not in r.split("|")[3] for r in peers), "a peer row has no figure"
