@@ -24,7 +24,6 @@ Invariants:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urljoin
 
@@ -34,18 +33,11 @@ from transfer.common.http import Piecewise
 from transfer.core import integrity
 from transfer.core.errors import BadRequest, Code, RemoteError, TransientError
 from transfer.core.tus import format_metadata
-from transfer.sender.client import Announce, Corruptor, Progress, problem_of, retry_after
-from transfer.sender.urlbook import UrlBook
+from transfer.sender.client import Announce, Corruptor, Progress
+from transfer.sender.urlbook import Answer, UrlBook, exchange, refusal
 
 PARTIAL_UPLOAD = "application/partial-upload"
 _TRANSIENT_CODES = frozenset({Code.CHUNK_DIGEST_MISMATCH})
-
-
-@dataclass(frozen=True, slots=True)
-class _Answer:
-    status: int
-    headers: Mapping[str, str]
-    payload: bytes
 
 
 class IetfClient(UrlBook):
@@ -142,18 +134,11 @@ class IetfClient(UrlBook):
             raise TransientError(f"no upload is known for {file_id}; creating one")
         return url
 
-    async def _send(self, method: str, url: str, **kwargs: Any) -> _Answer:
-        try:
-            async with self._session.request(method, url, allow_redirects=False, **kwargs) as resp:
-                return _Answer(resp.status, resp.headers, await resp.read())
-        except aiohttp.ClientConnectorCertificateError as exc:
-            # Waiting will not make an untrusted certificate trusted: fail at once.
-            raise RemoteError(0, Code.CERTIFICATE_VERIFY_FAILED, str(exc)) from exc
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise TransientError(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
+    async def _send(self, method: str, url: str, **kwargs: Any) -> Answer:
+        return await exchange(self._session, method, url, **kwargs)
 
 
-def _progress(answer: _Answer, url: str) -> Progress:
+def _progress(answer: Answer, url: str) -> Progress:
     """Offset, and the record once `Upload-Complete: ?1` came with a `Repr-Digest`.
 
     Raises:
@@ -174,18 +159,8 @@ def _progress(answer: _Answer, url: str) -> Progress:
     return Progress(offset, record=record, location=url)
 
 
-def _refusal(answer: _Answer) -> TransientError | RemoteError:
-    code, detail = problem_of(answer.payload)
-    status = answer.status
-    if status in (408, 429) or status >= 500 or code in _TRANSIENT_CODES:
-        return TransientError(
-            f"server answered {status} {code}: {detail}",
-            retry_after=retry_after(answer.headers),
-            status=status,
-        )
-    if 200 <= status < 300:
-        return TransientError(f"server answered {status} without the headers expected")
-    return RemoteError(status, code, detail)
+def _refusal(answer: Answer) -> TransientError | RemoteError:
+    return refusal(answer, transient=(408, 429), codes=_TRANSIENT_CODES)
 
 
 def _disposition(name: str) -> dict[str, str]:

@@ -41,21 +41,14 @@ import aiohttp
 
 from transfer.common.http import Piecewise
 from transfer.core import integrity
-from transfer.core.errors import BadRequest, Code, RemoteError, TransientError
+from transfer.core.errors import BadRequest, RemoteError, TransientError
 from transfer.core.tus import CHECKSUMS, OFFSET_OCTET_STREAM, VERSION, format_metadata
-from transfer.sender.client import Announce, Corruptor, Progress, Verified, problem_of, retry_after
-from transfer.sender.urlbook import UrlBook
+from transfer.sender.client import Announce, Corruptor, Progress, Verified
+from transfer.sender.urlbook import Answer, UrlBook, exchange, refusal
 
 _GONE = (404, 410)
 # Checksum algorithms we would send, best first (tus names; see core.tus.CHECKSUMS).
 _PREFERENCE = ("xxh3-128", "sha256", "sha1", "md5")
-
-
-@dataclass(frozen=True, slots=True)
-class _Answer:
-    status: int
-    headers: Mapping[str, str]
-    payload: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +168,7 @@ class TusClient(UrlBook):
         return self._discovery
 
     async def _confirmation(
-        self, url: str, *, head: _Answer | None = None, created: bool = False
+        self, url: str, *, head: Answer | None = None, created: bool = False
     ) -> Progress:
         """The completed upload as a record: the server's whole-file digest if it offers
         one (a fresh HEAD: a PATCH answer carries none), else what the protocol allows."""
@@ -197,7 +190,7 @@ class TusClient(UrlBook):
             verified = (await self._discover()).verified
         return Progress(size, record=record, location=url, created=created, verified=verified)
 
-    async def _described(self, url: str, head: _Answer | None) -> _Answer:
+    async def _described(self, url: str, head: Answer | None) -> Answer:
         answer = head or await self._send("HEAD", url)
         if answer.status != 200:
             raise _refusal(answer)
@@ -209,33 +202,14 @@ class TusClient(UrlBook):
         if answer.status != 204:
             raise _refusal(answer)
 
-    async def _send(self, method: str, url: str, **kwargs: Any) -> _Answer:
+    async def _send(self, method: str, url: str, **kwargs: Any) -> Answer:
         headers = {"Tus-Resumable": VERSION, **kwargs.pop("headers", {})}
-        try:
-            async with self._session.request(
-                method, url, headers=headers, allow_redirects=False, **kwargs
-            ) as resp:
-                return _Answer(resp.status, resp.headers, await resp.read())
-        except aiohttp.ClientConnectorCertificateError as exc:
-            # Waiting will not make an untrusted certificate trusted: fail at once.
-            raise RemoteError(0, Code.CERTIFICATE_VERIFY_FAILED, str(exc)) from exc
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise TransientError(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
+        return await exchange(self._session, method, url, headers=headers, **kwargs)
 
 
-def _refusal(answer: _Answer) -> TransientError | RemoteError:
+def _refusal(answer: Answer) -> TransientError | RemoteError:
     """The error an unexpected answer stands for (see the module's status classes)."""
-    code, detail = problem_of(answer.payload)
-    status = answer.status
-    if status in (408, 429, 460) or status >= 500:
-        return TransientError(
-            f"server answered {status} {code}: {detail}",
-            retry_after=retry_after(answer.headers),
-            status=status,
-        )
-    if 200 <= status < 300:
-        return TransientError(f"server answered {status} without the tus headers expected")
-    return RemoteError(status, code, detail)
+    return refusal(answer, transient=(408, 429, 460), expected="the tus headers expected")
 
 
 def _offset(headers: Mapping[str, str]) -> int:
