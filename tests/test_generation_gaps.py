@@ -23,8 +23,8 @@ async def _journal_with_gaps(spool: Path, indices: list[int]) -> None:
     with FileJournal.open(spool) as journal:
         await journal.set_meta("run", RUN)
         await journal.set_meta("seed", str(SEED))
-        for index in indices:
-            data = content_for(SEED, index, spec_for(CONFIG, SEED, index).size)
+        for index in indices:  # no "generator" meta: a journal older than versions, so 1
+            data = content_for(SEED, index, spec_for(CONFIG, SEED, index).size, version=1)
             path = spool / "files" / f"{RUN}-{index:05d}.bin"
             path.write_bytes(data)
             await journal.record(
@@ -58,5 +58,5 @@ def test_a_restart_fills_the_gaps_a_crash_left(tmp_path: Path) -> None:
     assert sorted(e.file_id for e in entries) == [f"{RUN}-{i:05d}" for i in range(5)]
     for entry in read_journal(spool):  # every file is the seeded one for its index
         index = int(entry.file_id.rsplit("-", 1)[1])
-        expected = content_for(SEED, index, spec_for(CONFIG, SEED, index).size)
+        expected = content_for(SEED, index, spec_for(CONFIG, SEED, index).size, version=1)
         assert Path(entry.path).read_bytes() == expected

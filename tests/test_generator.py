@@ -8,6 +8,7 @@ import hashlib
 import math
 import random
 import struct
+import threading
 from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,13 +20,18 @@ from hypothesis import strategies as st
 
 from transfer.core.errors import ConfigError
 from transfer.sender.generator import (
+    BLOCK,
+    GENERATOR_VERSION,
     PIECE,
+    VERSIONS,
     FileSpec,
     GeneratorConfig,
+    _write_and_publish,
     content_for,
     content_pieces,
     generate,
     spec_for,
+    version_of,
     write_file,
 )
 
@@ -151,8 +157,60 @@ def test_files_are_pinned_across_processes_and_versions() -> None:
     specs = [spec_for(GeneratorConfig(), 42, i) for i in range(3)]
     assert [(s.index, s.size) for s in specs] == [(0, 104054), (1, 1002910), (2, 333054)]
     assert [round(s.interval, 9) for s in specs] == [0.726177752, 0.1554086, 0.518639719]
-    digest = hashlib.sha256(content_for(42, 0, 1024)).hexdigest()
+    digest = hashlib.sha256(content_for(42, 0, 1024, version=1)).hexdigest()
     assert digest.startswith("43ddda98e8437c8f")
+    # Version 2 (SHAKE128), the one new spools get: pinned just the same.
+    assert GENERATOR_VERSION == 2
+    digest = hashlib.sha256(content_for(42, 0, 1024, version=2)).hexdigest()
+    assert digest.startswith("993d88ba3930a67a")
+    digest = hashlib.sha256(content_for(42, 1, 3 * BLOCK + 6, version=2)).hexdigest()
+    assert digest.startswith("68ece147e55d976f")
+    assert content_for(42, 0, 1024) == content_for(42, 0, 1024, version=GENERATOR_VERSION)
+
+
+def shake_blocks(seed: int, index: int, size: int) -> bytes:
+    """Version 2 as the module's docstring defines it, written out."""
+    blocks = [
+        hashlib.shake_128(f"{seed}:{index}:content:{k}".encode()).digest(BLOCK)
+        for k in range(-(-size // BLOCK))
+    ]
+    return b"".join(blocks)[:size]
+
+
+@given(seeds, indices, st.integers(min_value=0, max_value=3000).map(lambda n: 2 * n))
+def test_version_2_is_shake128_blocks_whatever_the_pieces(seed: int, index: int, size: int) -> None:
+    for piece in (4, 12, BLOCK, PIECE):
+        joined = b"".join(content_pieces(seed, index, size, piece, version=2))
+        assert joined == shake_blocks(seed, index, size)
+
+
+@pytest.mark.parametrize("size", [BLOCK - 2, BLOCK, BLOCK + 2, 2 * BLOCK + 6])
+@pytest.mark.parametrize("piece", [12, BLOCK - 4, BLOCK, 2 * BLOCK])
+def test_version_2_around_block_and_piece_boundaries(size: int, piece: int) -> None:
+    pieces = list(content_pieces(5, 9, size, piece, version=2))
+    assert b"".join(pieces) == shake_blocks(5, 9, size)
+    assert [len(p) for p in pieces][:-1] == [piece] * (-(-size // piece) - 1)
+    assert content_for(5, 9, size - 2, version=2) == shake_blocks(5, 9, size)[:-2]  # a prefix
+
+
+def test_the_versions_make_different_bytes() -> None:
+    assert content_for(3, 4, 4096, version=1) != content_for(3, 4, 4096, version=2)
+
+
+@pytest.mark.parametrize("version", [0, 3, -1])
+def test_an_unknown_version_is_refused(version: int) -> None:
+    with pytest.raises(ValueError, match="version"):
+        content_for(0, 0, 8, version=version)
+
+
+def test_a_journal_names_its_version_and_none_is_version_1() -> None:
+    assert version_of({}) == 1  # a journal written before versions existed
+    assert version_of({"seed": "4", "generator": "1"}) == 1
+    assert version_of({"generator": "2"}) == 2
+    assert set(VERSIONS) == {1, 2}
+    for unknown in ("3", "two", ""):
+        with pytest.raises(ConfigError, match="generator version"):
+            version_of({"generator": unknown})
 
 
 @given(configs(), seeds, st.data())
@@ -176,7 +234,7 @@ def test_restart_at_k_yields_the_same_files_as_a_full_run(
 
 
 def one_call(seed: int, index: int, size: int) -> bytes:
-    """What `content_for` was before the pieces: one `randbytes` for the whole file."""
+    """What version 1 was before the pieces: one `randbytes` for the whole file."""
     return random.Random(f"{seed}:{index}:content").randbytes(size)
 
 
@@ -184,14 +242,15 @@ def one_call(seed: int, index: int, size: int) -> bytes:
 def test_pieces_concatenate_to_the_one_call_bytes(seed: int, index: int, size: int) -> None:
     # Pieces of 4 and 12 bytes cut the stream at every word boundary a piece can have.
     for piece in (4, 12, PIECE):
-        joined = b"".join(content_pieces(seed, index, size, piece))
+        joined = b"".join(content_pieces(seed, index, size, piece, version=1))
         assert joined == one_call(seed, index, size)
 
 
 @pytest.mark.parametrize("size", [PIECE - 2, PIECE, PIECE + 2, 3 * PIECE + 6])
 def test_files_around_piece_boundaries_are_the_one_call_bytes(size: int) -> None:
-    assert content_for(11, 2, size) == one_call(11, 2, size)
-    assert [len(p) for p in content_pieces(11, 2, size)][:-1] == [PIECE] * (-(-size // PIECE) - 1)
+    assert content_for(11, 2, size, version=1) == one_call(11, 2, size)
+    pieces = content_pieces(11, 2, size, version=1)
+    assert [len(p) for p in pieces][:-1] == [PIECE] * (-(-size // PIECE) - 1)
 
 
 @pytest.mark.parametrize("piece", [0, -4, 2, 6])
@@ -207,7 +266,7 @@ def test_a_256_mib_file_is_written_in_pieces(tmp_path: Path) -> None:
     with pytest.raises(OverflowError):
         one_call(1, 0, size)
     path = tmp_path / "big.bin"
-    digest = asyncio.run(write_file(path, 1, 0, size))
+    digest = asyncio.run(write_file(path, 1, 0, size, version=1))
     assert path.stat().st_size == size
     hasher = xxhash.xxh3_128()
     with path.open("rb") as stream:
@@ -221,11 +280,26 @@ def test_a_256_mib_file_is_written_in_pieces(tmp_path: Path) -> None:
         assert stream.read(PIECE + 4) == one_call(1, 0, PIECE + 4)
 
 
-def test_write_file_matches_content_for_and_its_digest(tmp_path: Path) -> None:
+@pytest.mark.parametrize("version", [1, 2])
+def test_write_file_matches_content_for_and_its_digest(tmp_path: Path, version: int) -> None:
     path = tmp_path / "f.bin"
-    digest = asyncio.run(write_file(path, 42, 0, 1024))
-    assert path.read_bytes() == content_for(42, 0, 1024)
-    assert digest == xxhash.xxh3_128_hexdigest(content_for(42, 0, 1024))
+    size = BLOCK + 1024  # two blocks of version 2, in one piece
+    digest = asyncio.run(write_file(path, 42, 0, size, version))
+    expected = content_for(42, 0, size, version=version)
+    assert path.read_bytes() == expected
+    assert digest == xxhash.xxh3_128_hexdigest(expected)
+    assert list(tmp_path.iterdir()) == [path]  # published: no .tmp left
+
+
+def test_a_write_stopped_before_its_rename_publishes_nothing(tmp_path: Path) -> None:
+    # What a cancelled `write_file` tells its thread: the pieces stop and the rename is
+    # skipped, so the final name never holds a file that was not finished.
+    stop = threading.Event()
+    stop.set()
+    path = tmp_path / "f.bin"
+    _write_and_publish(path, content_pieces(1, 1, 64), lambda _: None, stop)
+    assert not path.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["f.bin.tmp"]  # swept on the next start
 
 
 # --- pacing --------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from transfer.cli.common import (
     check_readable,
     check_server_url,
     exit_status,
+    freeze_heap,
     read_spool,
     token_of,
     view_spool,
@@ -235,6 +236,7 @@ async def _send(args: argparse.Namespace, config: SenderConfig) -> int:
             client = client_for(args, session, seed, servers)
             uploader = Uploader(client, args.chunk_size, RetryPolicy(timeout=args.retry_timeout))
             sender = Sender(config, journal, uploader)
+            freeze_heap()
             signals.attach(lambda sig: sender.request_stop(Reason.SIGNAL, signal=sig.name))
             runner = await _start_status(sender, args.status_host, args.status_port, servers)
             try:

@@ -16,7 +16,7 @@ from typing import Any, TypeAlias
 import structlog
 from aiohttp import web
 
-from transfer.cli.common import add_token, token_of
+from transfer.cli.common import add_token, freeze_heap, token_of
 from transfer.cli.hookflags import add_hook_flags, hook_config, outbox_for
 from transfer.cli.stores import OpenedStore, add_store_flags, choose_store, opened_store
 from transfer.cli.tenantflags import add_tenant_flags, tenant_config
@@ -267,6 +267,7 @@ async def _serve_store(
     app.middlewares.insert(0, client_middleware(at.limits))
     runner = web.AppRunner(app, access_log_class=AccessLogger, keepalive_timeout=75.0)
     await runner.setup()
+    freeze_heap()
     tracker = Tracker(at.limits, app[STATE].metrics)
     site = LimitedTCPSite(
         runner, at.host, at.port, tracker=tracker, shutdown_timeout=10.0, ssl_context=at.context

@@ -145,7 +145,9 @@ def _open_file(choice: StoreChoice, path: Path, *, durable: bool, cache_size: in
         recovered = store.open()
     except OSError as exc:
         raise ConfigError(f"{choice.flag} {path}: {exc.strerror}: {exc.filename}") from exc
-    return OpenedStore(store, choice.url, recovered, {"data_dir": str(path)}, store.migrated)
+    # discarded: never-acknowledged partials start-up removed (docs/reliability.md)
+    fields = {"data_dir": str(path), "discarded": store.discarded}
+    return OpenedStore(store, choice.url, recovered, fields, store.migrated)
 
 
 def s3_extra_missing(exc: ImportError) -> ConfigError:

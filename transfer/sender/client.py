@@ -27,21 +27,47 @@ the CLI (`send --protocol`). The uploader speaks only `Client` and `Progress`:
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import json
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import aiohttp
 
-from transfer.common.http import Piecewise
+from transfer.common.http import Piecewise, Region, RegionPayload
 from transfer.core import integrity, protocol
 from transfer.core.errors import BadRequest, Code, RemoteError, TransientError
 from transfer.sender.reasons import Reason
 
 _TRANSIENT_CODES = frozenset({Code.CHUNK_DIGEST_MISMATCH})
+# A chunk: its bytes (a view of a file read whole, sender/localfile.py), or a region of
+# a file, sent from the file (`http.RegionPayload`) with the digest taken as it was read.
+Body = bytes | memoryview | Region
+
+
+async def digest_of(data: Body, algorithm: str = integrity.PREFERRED) -> bytes:
+    """The digest of a chunk's bytes: for a region, the one taken when it was read (its
+    xxh3-128) or, for another algorithm (a tus server's checksum), one more read; a view
+    is hashed in place (the hashers read any buffer; `integrity.digest_of`'s annotation
+    only says bytes)."""
+    if not isinstance(data, Region):
+        return integrity.digest_of(cast(bytes, data), algorithm)
+    known = data.digests.get(algorithm)
+    if known is None:
+        known = integrity.digest_of(await asyncio.to_thread(data.read), algorithm)
+    return known
+
+
+async def payload_of(data: Body, corrupt: Corruptor | None) -> aiohttp.Payload:
+    """A chunk's request body: a region straight from its file, bytes a piece at a time;
+    with the chaos demo's corruptor, a copy of the bytes it may have damaged."""
+    if corrupt is None:
+        return RegionPayload(data) if isinstance(data, Region) else Piecewise(data)
+    raw = await asyncio.to_thread(data.read) if isinstance(data, Region) else bytes(data)
+    return Piecewise(corrupt(raw))
 
 
 class Verified(enum.StrEnum):
@@ -125,7 +151,7 @@ class Client(Protocol):
     ) -> Progress: ...
     async def query(self, file_id: str) -> Progress: ...
     async def put_chunk(
-        self, file_id: str, start: int, data: bytes, total: int, *, announce: Announce | None = None
+        self, file_id: str, start: int, data: Body, total: int, *, announce: Announce | None = None
     ) -> Progress: ...
     async def finish_empty(self, file_id: str, *, announce: Announce | None = None) -> Progress: ...
 
@@ -170,7 +196,7 @@ class UploadClient:
         return await self._send("PUT", self.upload_url(file_id), headers=headers, query=True)
 
     async def put_chunk(
-        self, file_id: str, start: int, data: bytes, total: int, *, announce: Announce | None = None
+        self, file_id: str, start: int, data: Body, total: int, *, announce: Announce | None = None
     ) -> Progress:
         """Send `data` as bytes start..start+len-1 of a `total`-byte file. With `announce`,
         the PUT also creates the upload if the server does not know it (no POST needed)."""
@@ -178,15 +204,13 @@ class UploadClient:
         headers = {
             "Content-Range": protocol.format_content_range(rng),
             "Content-Digest": integrity.format_digest_field(
-                {integrity.PREFERRED: integrity.digest_of(data)}
+                {integrity.PREFERRED: await digest_of(data)}
             ),
             "Content-Type": "application/octet-stream",
             **(announce.headers() if announce else {}),
         }
-        body = self._corrupt(data) if self._corrupt else data
-        return await self._send(
-            "PUT", self.upload_url(file_id), data=Piecewise(body), headers=headers
-        )
+        body = await payload_of(data, self._corrupt)
+        return await self._send("PUT", self.upload_url(file_id), data=body, headers=headers)
 
     async def finish_empty(self, file_id: str, *, announce: Announce | None = None) -> Progress:
         """Complete a zero-byte file (`bytes */0`)."""

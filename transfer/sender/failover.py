@@ -53,7 +53,7 @@ import structlog
 
 from transfer.core.errors import TransientError
 from transfer.core.events import Event
-from transfer.sender.client import Announce, Client, Progress
+from transfer.sender.client import Announce, Body, Client, Progress
 
 log = structlog.get_logger("transfer.failover")
 SWITCH_STATUSES = frozenset({502, 503, 504})
@@ -174,7 +174,7 @@ class FailoverClient:
         return await self._call(file_id, lambda c: c.query(file_id))
 
     async def put_chunk(
-        self, file_id: str, start: int, data: bytes, total: int, *, announce: Announce | None = None
+        self, file_id: str, start: int, data: Body, total: int, *, announce: Announce | None = None
     ) -> Progress:
         return await self._call(
             file_id, lambda c: c.put_chunk(file_id, start, data, total, announce=announce)

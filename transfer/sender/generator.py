@@ -5,8 +5,8 @@ The brief asks for 100 files of random size "1kb to 1Mb" at random intervals of 
 
 Invariants:
 - Reproducible per `(seed, index)`: `spec_for` and `content_for` are pure functions of
-  their arguments, each seeding its own `random.Random` from a string such as
-  `"seed:index"` (string seeds hash with SHA-512, so no `PYTHONHASHSEED` dependence).
+  their arguments, each seeding its own generator from a string such as `"seed:index"`
+  (`random.Random` hashes string seeds with SHA-512, so no `PYTHONHASHSEED` dependence).
   File i is therefore the same whatever was generated before it, and a restarted
   sender regenerates it identically with `generate(..., start=i)`.
 - Sizes are even (whole int16 samples) and lie in `[min_size, max_size]` once `min_size`
@@ -14,28 +14,40 @@ Invariants:
   `ConfigError`. Intervals lie in `[min_interval, max_interval]`.
 - Encoding: raw little-endian signed 16-bit samples, no header. Every even-length byte
   string is a valid sample sequence, so uniformly random bytes are uniform samples.
-- Any size is generated in pieces of `PIECE` bytes, so memory stays bounded (a 256 MiB
-  file needs 4 MiB at a time; one `randbytes` call cannot even make it: it counts bits
-  in a C int). The pieces concatenate to exactly the bytes one `randbytes(size)` call
-  gives, for every size: CPython's `getrandbits` fills whole 32-bit words in order,
-  least significant first, and `PIECE` is a multiple of 4 bytes, so cutting the stream
-  at piece boundaries never splits a word. Files of every size that worked before the
-  pieces are byte-identical (tests/test_generator.py pins digests).
+- Versions (`GENERATOR_VERSION`; a spool's journal records its own under the meta key
+  `generator`, and a journal without it is version 1): the bytes of a version never
+  change, so a spool regenerates what it journaled whichever version is current.
+  Version 1 is `random.Random(f"{seed}:{index}:content").randbytes(size)` (MT19937 plus
+  two int<->bytes conversions, 3.6 ms of CPU per MiB). Version 2 is SHAKE128, an
+  extendable-output function, in blocks of `BLOCK` bytes: block k is the first bytes of
+  `shake_128(f"{seed}:{index}:content:{k}")` (1.8 ms per MiB; docs/benchmarks.md), so
+  a file is a prefix of the same index's larger files (in version 1 only when its size
+  is whole 32-bit words).
+- Any size is generated in pieces of `piece` bytes (`PIECE` by default), so memory stays
+  bounded (a 256 MiB file needs 4 MiB at a time; one `randbytes` call cannot even make
+  it: it counts bits in a C int). The pieces concatenate to the same bytes whatever the
+  piece size: version 1's `getrandbits` fills whole 32-bit words in order, least
+  significant first, and a piece is a multiple of 4 bytes, so cutting the stream at
+  piece boundaries never splits a word; version 2's blocks do not depend on the pieces.
+  tests/test_generator.py pins the digests of both versions.
 - `generate` waits `spec.interval` before each file (measured from when the consumer
   asks for it) and never yields a file once `max_duration` has elapsed since it started.
 - `write_file` leaves either nothing or the whole, fsynced file at its path (a `.tmp`
-  name until complete); cancelling it stops the writing thread within one piece.
+  name until complete); cancelling it stops the writing thread within one piece, before
+  the rename.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import itertools
 import math
 import os
 import random
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +57,10 @@ from transfer.common.fsutil import TMP_SUFFIX, fsync_dir, write_all
 from transfer.core.errors import ConfigError
 
 PIECE = 4 * 1024 * 1024  # bytes generated and written at a time; a multiple of 4
+BLOCK = 1024 * 1024  # version 2: bytes per SHAKE128 output (PIECE is a multiple of it)
+VERSIONS = (1, 2)  # every generator version whose bytes this sender can make
+GENERATOR_VERSION = 2  # what a new spool gets (see the module's invariants)
+META_KEY = "generator"  # the journal meta setting that names a spool's version
 Sleep = Callable[[float], Awaitable[None]]
 Clock = Callable[[], float]
 
@@ -103,62 +119,112 @@ def spec_for(config: GeneratorConfig, seed: int, index: int) -> FileSpec:
     return FileSpec(index=index, size=size, interval=interval)
 
 
-def content_for(seed: int, index: int, size: int) -> bytes:
+def content_for(seed: int, index: int, size: int, version: int = GENERATOR_VERSION) -> bytes:
     """`size` bytes of random little-endian int16 samples for file `index`, at once.
 
     Raises:
-        ValueError: `size` is negative or odd (not whole samples).
+        ValueError: `size` is negative or odd (not whole samples), or `version` unknown.
     """
-    return b"".join(content_pieces(seed, index, size))
+    return b"".join(content_pieces(seed, index, size, version=version))
 
 
-def content_pieces(seed: int, index: int, size: int, piece: int = PIECE) -> Iterator[bytes]:
-    """The bytes of `content_for(seed, index, size)`, `piece` bytes at a time (the last
-    piece shorter). `piece` must be a positive multiple of 4 (see the module's invariants).
+def content_pieces(
+    seed: int, index: int, size: int, piece: int = PIECE, *, version: int = GENERATOR_VERSION
+) -> Iterator[bytes]:
+    """The bytes of `content_for(seed, index, size, version)`, `piece` bytes at a time
+    (the last piece shorter). `piece` must be a positive multiple of 4 (see the module's
+    invariants).
 
     Raises:
-        ValueError: `size` is negative or odd, or `piece` is no positive multiple of 4.
+        ValueError: `size` is negative or odd, `piece` is no positive multiple of 4, or
+            `version` is not one of `VERSIONS`.
     """
     if size < 0 or size % 2:
         raise ValueError(f"size must be a non-negative even number of bytes, not {size}")
     if piece <= 0 or piece % 4:
         raise ValueError(f"piece must be a positive multiple of 4 bytes, not {piece}")
-    return _pieces(seed, index, size, piece)
+    if version == 1:
+        return _mt_pieces(seed, index, size, piece)
+    if version == 2:
+        return _cut(_shake_blocks(seed, index, size), piece)
+    raise ValueError(f"unknown generator version {version}; this sender knows {VERSIONS}")
 
 
-def _pieces(seed: int, index: int, size: int, piece: int) -> Iterator[bytes]:
+def version_of(meta: Mapping[str, str]) -> int:
+    """The generator version a spool's journal meta names (none: 1, the first).
+
+    Raises:
+        ConfigError: a version this sender does not know (a newer sender's spool).
+    """
+    value = meta.get(META_KEY, "1")
+    if value not in {str(v) for v in VERSIONS}:
+        raise ConfigError(
+            f"this spool was generated by generator version {value}; this sender knows {VERSIONS}"
+        )
+    return int(value)
+
+
+def _mt_pieces(seed: int, index: int, size: int, piece: int) -> Iterator[bytes]:
     # A separate stream from spec_for's, so sizes and samples are not correlated.
     rng = random.Random(f"{seed}:{index}:content")
     for start in range(0, size, piece):
         yield rng.randbytes(min(piece, size - start))
 
 
-async def write_file(path: Path, seed: int, index: int, size: int) -> str:
+def _shake_blocks(seed: int, index: int, size: int) -> Iterator[bytes]:
+    for number, start in enumerate(range(0, size, BLOCK)):
+        xof = hashlib.shake_128(f"{seed}:{index}:content:{number}".encode("ascii"))
+        yield xof.digest(min(BLOCK, size - start))
+
+
+def _cut(blocks: Iterator[bytes], piece: int) -> Iterator[bytes]:
+    """`blocks` re-cut into pieces of `piece` bytes. A piece of whole blocks is their
+    join (a file of one block is that block itself, uncopied)."""
+    if piece % BLOCK == 0:
+        while group := list(itertools.islice(blocks, piece // BLOCK)):
+            yield b"".join(group)
+        return
+    buffer = bytearray()
+    for block in blocks:
+        buffer += block
+        while len(buffer) >= piece:
+            yield bytes(buffer[:piece])
+            del buffer[:piece]
+    if buffer:
+        yield bytes(buffer)
+
+
+async def write_file(
+    path: Path, seed: int, index: int, size: int, version: int = GENERATOR_VERSION
+) -> str:
     """Write file `index` of `seed` (`size` bytes) to `path` durably, in pieces, and
-    return its hex xxh3-128: temporary name, fsync, rename, fsync of the directory.
+    return its hex xxh3-128: temporary name, fsync, rename, fsync of the directory, all
+    in one thread (one hop of the event loop per file).
 
     Cancelling it leaves at most the `.tmp` file (swept on the next start) and stops the
     writing thread after the piece in hand: the thread owns its descriptor and closes it.
+    A cancellation that arrives once the rename has begun leaves the whole file, which
+    the next start regenerates byte-identically if it was not journaled.
 
     Raises:
         OSError: the spool cannot be written (full disk, permissions).
+        ValueError: as `content_pieces`.
     """
     hasher = xxhash.xxh3_128()
-    tmp = path.with_name(path.name + TMP_SUFFIX)
     cancelled = threading.Event()
-    pieces = content_pieces(seed, index, size)
+    pieces = content_pieces(seed, index, size, version=version)
     try:
-        await asyncio.to_thread(_write_pieces, tmp, pieces, hasher.update, cancelled)
+        await asyncio.to_thread(_write_and_publish, path, pieces, hasher.update, cancelled)
     except asyncio.CancelledError:
         cancelled.set()  # the thread stops at its next piece
         raise
-    await asyncio.to_thread(_publish, tmp, path)
     return hasher.hexdigest()
 
 
-def _write_pieces(
-    tmp: Path, pieces: Iterator[bytes], update: Callable[[bytes], None], stop: threading.Event
+def _write_and_publish(
+    path: Path, pieces: Iterator[bytes], update: Callable[[bytes], None], stop: threading.Event
 ) -> None:
+    tmp = path.with_name(path.name + TMP_SUFFIX)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         for data in pieces:
@@ -169,11 +235,9 @@ def _write_pieces(
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _publish(tmp: Path, path: Path) -> None:
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    if not stop.is_set():
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
 
 
 async def generate(

@@ -33,7 +33,7 @@ from transfer.common.http import Piecewise
 from transfer.core import integrity
 from transfer.core.errors import BadRequest, Code, RemoteError, TransientError
 from transfer.core.tus import format_metadata
-from transfer.sender.client import Announce, Corruptor, Progress
+from transfer.sender.client import Announce, Body, Corruptor, Progress, digest_of, payload_of
 from transfer.sender.urlbook import Answer, UrlBook, exchange, refusal
 
 PARTIAL_UPLOAD = "application/partial-upload"
@@ -95,7 +95,7 @@ class IetfClient(UrlBook):
         return progress
 
     async def put_chunk(
-        self, file_id: str, start: int, data: bytes, total: int, *, announce: Announce | None = None
+        self, file_id: str, start: int, data: Body, total: int, *, announce: Announce | None = None
     ) -> Progress:
         url = self._url(file_id)
         headers = {
@@ -103,10 +103,10 @@ class IetfClient(UrlBook):
             "Upload-Complete": "?1" if start + len(data) >= total else "?0",
             "Content-Type": PARTIAL_UPLOAD,
             "Content-Digest": integrity.format_digest_field(
-                {integrity.PREFERRED: integrity.digest_of(data)}
+                {integrity.PREFERRED: await digest_of(data)}
             ),
         }
-        body = self._corrupt(data) if self._corrupt else data
+        body = await payload_of(data, self._corrupt)
         return await self._patch(file_id, url, headers, body)
 
     async def finish_empty(self, file_id: str, *, announce: Announce | None = None) -> Progress:
@@ -115,12 +115,12 @@ class IetfClient(UrlBook):
         head = await self._send("HEAD", url)
         offset = head.headers.get("Upload-Offset", "0")
         headers = {"Upload-Offset": offset, "Upload-Complete": "?1", "Content-Type": PARTIAL_UPLOAD}
-        return await self._patch(file_id, url, headers, b"")
+        return await self._patch(file_id, url, headers, Piecewise(b""))
 
     async def _patch(
-        self, file_id: str, url: str, headers: dict[str, str], body: bytes
+        self, file_id: str, url: str, headers: dict[str, str], body: aiohttp.Payload
     ) -> Progress:
-        answer = await self._send("PATCH", url, headers=headers, data=Piecewise(body))
+        answer = await self._send("PATCH", url, headers=headers, data=body)
         if answer.status == 404:
             self.forget(file_id)
             raise TransientError(f"PATCH {url}: the upload is gone (404); recreating")

@@ -13,6 +13,11 @@ Invariants:
 - A restart first re-queues every file the lifecycle table lets re-queue (every state
   but CONFIRMED, see `core.filestate`; the server's offset says where to resume); a
   confirmed file is never uploaded again.
+- A delivery's outcome (`confirmed`, `failed`) is journaled while its worker waits for
+  the next file, and is durable before the worker starts another upload. A file's
+  latency (generated -> confirmed) ends when the server's confirmation was checked, not
+  when the sender's own record of it is fsynced: a confirmation the journal lost is
+  found again on the server by the next run (docs/reliability.md).
 - Stopping (`request_stop`, which the CLI calls on SIGINT/SIGTERM) logs
   `sender.stopping` once and returns from `run` within `drain_timeout` (1 s) plus a
   few milliseconds, whatever the sender was doing: generation is cancelled at once (an
@@ -42,6 +47,7 @@ from transfer.common.fsutil import remove_tmp_files
 from transfer.core.errors import ConfigError, Interrupted
 from transfer.core.events import Event
 from transfer.core.filestate import FileEvent, FileState, allows
+from transfer.sender import generator
 from transfer.sender.generator import FileSpec, GeneratorConfig, generate, spec_for, write_file
 from transfer.sender.intake import WatchSource
 from transfer.sender.journal import Journal, JournalEntry
@@ -65,6 +71,14 @@ class SenderConfig:
     concurrency: int = 4
     drain_timeout: float = 1.0  # after a stop request, for chunks already on the wire
     dtype: str = "int16"
+
+
+@dataclass(frozen=True, slots=True)
+class Seeded:
+    """What makes a spool's files: its seed and its generator version (journal meta)."""
+
+    seed: int
+    version: int
 
 
 @dataclass(slots=True)
@@ -199,18 +213,34 @@ class Sender:
             await self._generate(self.config.generator)
 
     async def _work(self) -> None:
-        while (entry := await self._queue.get()) is not None and not self.stop.is_set():
-            self._busy += 1
-            try:
-                done = await self.uploader.deliver(entry, fresh=entry.file_id in self._fresh)
-            except Interrupted:
-                continue  # stopping: the file stays as journaled, for the next run
-            finally:
-                self._busy -= 1
-            await self.journal.record(done)
-            self._count(done)
-            if self.watching is not None:
-                await self.watching.delivered(done)
+        """Deliver queued files one after another. A delivery's outcome is journaled
+        while the worker waits for its next file, and is durable before that file's
+        delivery starts, so a journal failure stops the worker before another upload."""
+        settling: asyncio.Task[None] | None = None
+        try:
+            while (entry := await self._queue.get()) is not None and not self.stop.is_set():
+                if settling is not None:
+                    await settling  # its failure is raised here
+                self._busy += 1
+                try:
+                    done = await self.uploader.deliver(entry, fresh=entry.file_id in self._fresh)
+                except Interrupted:
+                    continue  # stopping: the file stays as journaled, for the next run
+                finally:
+                    self._busy -= 1
+                settling = asyncio.create_task(self._settle(done, self.clock()))
+        finally:
+            if settling is not None:
+                await settling  # a journal failure is raised, never lost
+
+    async def _settle(self, done: JournalEntry, ended: float) -> None:
+        """Journal a delivery's outcome (fsynced), then count it and, in watch mode,
+        act on it (`--after-confirm` only ever sees a durably confirmed file). Cancelled
+        with its worker, the record is written all the same (`FileJournal` shields it)."""
+        await self.journal.record(done)
+        self._count(done, ended)
+        if self.watching is not None:
+            await self.watching.delivered(done)
 
     def _watch_source(self, config: WatchConfig) -> WatchSource:
         run = self.journal.meta().get("run")
@@ -223,12 +253,12 @@ class Sender:
         self.tally.born[entry.file_id] = self.clock()
         self._queue.put_nowait(entry)
 
-    def _count(self, entry: JournalEntry) -> None:
+    def _count(self, entry: JournalEntry, ended: float) -> None:
         if entry.state is FileState.CONFIRMED:
             self.tally.confirmed += 1
             born = self.tally.born.pop(entry.file_id, None)
             if born is not None:
-                self.tally.latencies.append(self.clock() - born)
+                self.tally.latencies.append(ended - born)
         else:
             self.tally.failed += 1
 
@@ -237,7 +267,8 @@ class Sender:
         spool writes that ran side by side (at once: their time has passed), then the
         rest on the seeded schedule. Up to `SPOOL_AHEAD` spool writes run at once, so
         the next file is generated while the previous one is being fsynced."""
-        run, seed = self.journal.meta()["run"], int(self.journal.meta()["seed"])
+        meta = self.journal.meta()
+        run, seed, version = meta["run"], int(meta["seed"]), generator.version_of(meta)
         done = generated_indices(live_entries(self.journal), run)
         done |= folded_indices(self.journal, run)
         start = min(max(done, default=-1) + 1, config.count)
@@ -250,31 +281,32 @@ class Sender:
         self._generating = True
         try:
             for index in gaps:
-                await writers.start(self._spool_and_queue(run, seed, spec_for(config, seed, index)))
-            await self._generate_from(writers, config, run, seed, start)
+                spec = spec_for(config, seed, index)
+                await writers.start(self._spool_and_queue(run, Seeded(seed, version), spec))
+            await self._generate_from(writers, config, run, Seeded(seed, version), start)
         finally:
             self._generating = False
             await writers.cancel()
         log.info(Event.GENERATION_FINISHED, files=self.tally.generated)
 
     async def _generate_from(
-        self, writers: TaskLimit, config: GeneratorConfig, run: str, seed: int, start: int
+        self, writers: TaskLimit, config: GeneratorConfig, run: str, seeded: Seeded, start: int
     ) -> None:
         """Files `start..` on the seeded schedule, then wait for every spool write."""
         clock, sleep = self.clock, self.sleep
-        async for spec in generate(config, seed, start=start, sleep=sleep, clock=clock):
-            await writers.start(self._spool_and_queue(run, seed, spec))
+        async for spec in generate(config, seeded.seed, start=start, sleep=sleep, clock=clock):
+            await writers.start(self._spool_and_queue(run, seeded, spec))
         await writers.wait()
 
-    async def _spool_and_queue(self, run: str, seed: int, spec: FileSpec) -> None:
-        entry = await self._spool(f"{run}-{spec.index:05d}", seed, spec)
+    async def _spool_and_queue(self, run: str, seeded: Seeded, spec: FileSpec) -> None:
+        entry = await self._spool(f"{run}-{spec.index:05d}", seeded, spec)
         self._fresh.add(entry.file_id)
         self._queue.put_nowait(entry)
 
-    async def _spool(self, file_id: str, seed: int, spec: FileSpec) -> JournalEntry:
+    async def _spool(self, file_id: str, seeded: Seeded, spec: FileSpec) -> JournalEntry:
         # Absolute: the journal outlives this cwd (a restart may run from elsewhere).
         path = (self.config.spool_dir / "files" / f"{file_id}.bin").absolute()
-        digest = await write_file(path, seed, spec.index, spec.size)  # in pieces
+        digest = await write_file(path, seeded.seed, spec.index, spec.size, seeded.version)
         entry = JournalEntry(
             file_id=file_id,
             name=path.name,
@@ -330,10 +362,15 @@ def generated_indices(entries: Iterable[JournalEntry], run: str) -> set[int]:
 
 
 async def prepare_journal(journal: Journal, seed: int | None) -> int:
-    """Fix the run id and seed on first use; refuse a different seed later."""
+    """Fix the run id, generator version and seed on first use; refuse a different seed
+    later. The version is journaled before the seed, so no file is generated before it
+    is fixed; a journal that has a seed but no version predates versions (version 1)."""
     meta = journal.meta()
     if "run" not in meta:
         await journal.set_meta("run", secrets.token_hex(4))
+    if "seed" not in meta and generator.META_KEY not in meta:
+        await journal.set_meta(generator.META_KEY, str(generator.GENERATOR_VERSION))
+    generator.version_of(journal.meta())  # refuse a newer sender's spool before any work
     if "seed" not in meta:
         chosen = seed if seed is not None else secrets.randbits(32)
         await journal.set_meta("seed", str(chosen))

@@ -39,11 +39,18 @@ from urllib.parse import urljoin
 
 import aiohttp
 
-from transfer.common.http import Piecewise
 from transfer.core import integrity
 from transfer.core.errors import BadRequest, RemoteError, TransientError
 from transfer.core.tus import CHECKSUMS, OFFSET_OCTET_STREAM, VERSION, format_metadata
-from transfer.sender.client import Announce, Corruptor, Progress, Verified
+from transfer.sender.client import (
+    Announce,
+    Body,
+    Corruptor,
+    Progress,
+    Verified,
+    digest_of,
+    payload_of,
+)
 from transfer.sender.urlbook import Answer, UrlBook, exchange, refusal
 
 _GONE = (404, 410)
@@ -128,16 +135,16 @@ class TusClient(UrlBook):
         return Progress(offset=offset, location=url)
 
     async def put_chunk(
-        self, file_id: str, start: int, data: bytes, total: int, *, announce: Announce | None = None
+        self, file_id: str, start: int, data: Body, total: int, *, announce: Announce | None = None
     ) -> Progress:
         """PATCH `data` at `start`; the confirmation once the server holds `total` bytes."""
         url = self._url(file_id)
         headers = {"Upload-Offset": str(start), "Content-Type": OFFSET_OCTET_STREAM}
         discovery = await self._discover()
         if discovery.checksum is not None:
-            headers["Upload-Checksum"] = _checksum(discovery.checksum, data)
-        body = self._corrupt(data) if self._corrupt else data
-        answer = await self._send("PATCH", url, headers=headers, data=Piecewise(body))
+            headers["Upload-Checksum"] = await _checksum(discovery.checksum, data)
+        body = await payload_of(data, self._corrupt)
+        answer = await self._send("PATCH", url, headers=headers, data=body)
         if answer.status in _GONE:
             self.forget(file_id)
             raise TransientError(f"PATCH {url}: the upload is gone ({answer.status}); recreating")
@@ -244,9 +251,9 @@ def _repr_digests(value: str | None) -> dict[str, str]:
         raise TransientError(f"server sent a bad Repr-Digest: {exc}") from exc
 
 
-def _checksum(name: str, data: bytes) -> str:
+async def _checksum(name: str, data: Body) -> str:
     """`Upload-Checksum: <tus name> <base64>` of `data`."""
-    digest = integrity.digest_of(data, CHECKSUMS[name])
+    digest = await digest_of(data, CHECKSUMS[name])
     return f"{name} {base64.b64encode(digest).decode('ascii')}"
 
 

@@ -2,7 +2,9 @@
 
 Invariants:
 - Before any (re)upload the file's bytes are hashed and compared with the journaled
-  digest: a locally damaged file is never sent as truth (`LocalFileDamaged`).
+  digest: a locally damaged file is never sent as truth (`LocalFileDamaged`). Each
+  attempt reads the file through `localfile.open_checked`, which checks it; a file sent
+  in one request is checked and read in the same pass (see localfile's invariants).
 - The server's offset is the only resume point: after any failure or 409 the next step
   asks (`bytes */*`) before it sends. A 308 that acknowledges less than was sent moves
   the next chunk back to what the server holds.
@@ -38,10 +40,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-import aiofiles
 import aiohttp
 import structlog
-from aiofiles.threadpool.binary import AsyncBufferedReader
 from tenacity import RetryCallState
 
 from transfer.core.errors import (
@@ -53,16 +53,15 @@ from transfer.core.errors import (
 )
 from transfer.core.events import Event
 from transfer.core.filestate import FileEvent
-from transfer.sender.client import Announce, Client, Progress, Verified
+from transfer.sender.client import Announce, Body, Client, Progress, Verified
 from transfer.sender.journal import JournalEntry
-from transfer.sender.localfile import check_local as check_local  # noqa: PLC0414
+from transfer.sender.localfile import LocalFile, open_checked
 from transfer.sender.localfile import hash_file as hash_file  # noqa: PLC0414
 from transfer.sender.reasons import Reason
 from transfer.sender.retry import RetryPolicy
 
 log = structlog.get_logger("transfer.uploader")
 
-Reader = AsyncBufferedReader
 _InFlight = deque[tuple[int, asyncio.Task[Progress]]]  # (end offset, its PUT), in order
 _MAX_RESYNCS = 20
 _MAX_STALLED = 25
@@ -112,7 +111,6 @@ class Uploader:
         inline = fresh and self.client.inline_create
         for attempt in range(self.mismatch_retries + 1):
             try:
-                await check_local(entry)
                 progress = await self._push(entry, inline=inline and attempt == 0)
             except RemoteError as exc:
                 if exc.code == Code.REPR_DIGEST_MISMATCH and attempt < self.mismatch_retries:
@@ -144,20 +142,22 @@ class Uploader:
         return dataclasses.replace(confirmed, verified=verified.value)
 
     async def _push(self, entry: JournalEntry, *, inline: bool) -> Progress:
-        if inline:
-            progress = Progress(offset=0)
-        else:
-            progress = await self._retry(entry, lambda: self._create(entry))
-        if progress.offset and progress.record is None:
-            self.stats.resumes += 1
-            log.info(Event.UPLOAD_RESUMED, offset=progress.offset)
-        async with aiofiles.open(entry.path, "rb") as source:
+        """One attempt: check the file (before any request), find or create the upload,
+        send what the server lacks."""
+        async with open_checked(entry, self.chunk_size or auto_chunk_size(entry.size)) as source:
+            if inline:
+                progress = Progress(offset=0)
+            else:
+                progress = await self._retry(entry, lambda: self._create(entry))
+            if progress.offset and progress.record is None:
+                self.stats.resumes += 1
+                log.info(Event.UPLOAD_RESUMED, offset=progress.offset)
             return await self._send_all(entry, source, progress)
 
     async def _send_all(
         self,
         entry: JournalEntry,
-        source: Reader,
+        source: LocalFile,
         progress: Progress,
     ) -> Progress:
         """Send until the server returns the record: pipelined while nothing surprises,
@@ -185,19 +185,18 @@ class Uploader:
             raise Interrupted(f"stopped before {entry.file_id} was complete")
 
     async def _pipeline(
-        self, entry: JournalEntry, source: Reader, progress: Progress
+        self, entry: JournalEntry, source: LocalFile, progress: Progress
     ) -> Progress | None:
         """The happy path of a multi-chunk file: keep `window` chunks in flight, so the
         next chunk travels while the server fsyncs the previous one (the server's per-id
         lock keeps them in order). Any surprise (an error, a short acknowledgement, a
         gap) ends it: None, and the careful one-chunk-at-a-time loop takes over."""
-        chunk = self.chunk_size or auto_chunk_size(entry.size)
         sequential = not self.client.overlapping_chunks or self.window < 2
-        if sequential or progress.record is not None or entry.size <= chunk:
+        if sequential or progress.record is not None or entry.size <= source.chunk:
             return progress
         pending: _InFlight = deque()
         try:
-            return await self._stream(entry, source, progress, chunk, pending)
+            return await self._stream(entry, source, progress, pending)
         except TransientError as exc:
             # The careful path retries this chunk after asking for the offset: a retry.
             self.stats.retries += 1
@@ -212,7 +211,7 @@ class Uploader:
             await asyncio.gather(*(task for _, task in pending), return_exceptions=True)
 
     async def _stream(
-        self, entry: JournalEntry, source: Reader, known: Progress, chunk: int, pending: _InFlight
+        self, entry: JournalEntry, source: LocalFile, known: Progress, pending: _InFlight
     ) -> Progress | None:
         """Await the chunks of `pending` in order, topping it up to `window`; None as soon
         as one is acknowledged short of its end (the server held other bytes)."""
@@ -220,7 +219,7 @@ class Uploader:
         while known.record is None:
             self._check_stopping(entry)
             while len(pending) < self.window and offset < entry.size:
-                data = await _read(source, offset, chunk, entry)
+                data = await source.read(offset)
                 pending.append((offset + len(data), self._spawn(entry, offset, data)))
                 offset += len(data)
             end, task = pending.popleft()
@@ -230,10 +229,10 @@ class Uploader:
                 return None
         return known
 
-    def _spawn(self, entry: JournalEntry, offset: int, data: bytes) -> asyncio.Task[Progress]:
+    def _spawn(self, entry: JournalEntry, offset: int, data: Body) -> asyncio.Task[Progress]:
         return asyncio.create_task(self._put(entry, offset, data))
 
-    async def _put(self, entry: JournalEntry, offset: int, data: bytes) -> Progress:
+    async def _put(self, entry: JournalEntry, offset: int, data: Body) -> Progress:
         """One chunk PUT, counted and logged."""
         started = time.perf_counter()
         progress = await self.client.put_chunk(
@@ -254,7 +253,7 @@ class Uploader:
     async def _step(
         self,
         entry: JournalEntry,
-        source: Reader,
+        source: LocalFile,
         known: Progress | None,
     ) -> Progress:
         if known is None:
@@ -263,8 +262,7 @@ class Uploader:
                 return known
         if entry.size == 0:
             return await self.client.finish_empty(entry.file_id, announce=_announce(entry))
-        chunk = self.chunk_size or auto_chunk_size(entry.size)
-        return await self._put(entry, known.offset, await _read(source, known.offset, chunk, entry))
+        return await self._put(entry, known.offset, await source.read(known.offset))
 
     async def _create(self, entry: JournalEntry) -> Progress:
         """Create (or find) the upload; a URL the server just assigned is journaled
@@ -345,14 +343,6 @@ def auto_chunk_size(size: int) -> int:
     return min(max(-(-size // quantum) * quantum, quantum), 32 * quantum)
 
 
-async def _read(source: Reader, offset: int, size: int, entry: JournalEntry) -> bytes:
-    await source.seek(offset)
-    data = await source.read(size)
-    if not data:
-        raise LocalFileDamaged(f"{entry.path} is shorter than its journaled {entry.size}")
-    return data
-
-
 def _announce(entry: JournalEntry) -> Announce:
     """The upload's parameters, the same in a POST and in a creating PUT. A watched
     file's metadata also carries its path relative to the watched folder and version."""
@@ -363,9 +353,9 @@ def _announce(entry: JournalEntry) -> Announce:
 
 
 def _bind(
-    step: Callable[[JournalEntry, Reader, Progress | None], Awaitable[Progress]],
+    step: Callable[[JournalEntry, LocalFile, Progress | None], Awaitable[Progress]],
     entry: JournalEntry,
-    source: Reader,
+    source: LocalFile,
     known: Progress | None,
 ) -> Callable[[], Awaitable[Progress]]:
     return lambda: step(entry, source, known)

@@ -24,6 +24,7 @@ from aiohttp.typedefs import Middleware
 
 from transfer.common.metrics import Metrics
 from transfer.server.auth import auth_middleware
+from transfer.server.body import tune_allocator
 from transfer.server.cors import cors_middleware
 from transfer.server.expiry import sweep_forever, sweep_records_forever
 from transfer.server.ietf import add_ietf_routes
@@ -62,6 +63,7 @@ def make_app(
         middlewares.append(auth)
     app = web.Application(middlewares=middlewares, client_max_size=MiB)
     app[STATE] = state
+    app.on_startup.append(tune_allocator)  # large bodies: see server/body.py
     app.cleanup_ctx.append(_sweeper)
     app.cleanup_ctx.append(_record_sweeper)
     app.cleanup_ctx.append(state.hooks.running)

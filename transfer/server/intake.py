@@ -15,6 +15,8 @@ Invariant: the caller holds the upload's lock (`Admission.upload`).
 
 from __future__ import annotations
 
+import contextlib
+
 import structlog
 from aiohttp import web
 
@@ -61,8 +63,10 @@ async def receive(
     """
     upload_id = info.spec.upload_id
     try:
-        async with state.admission.receiving(plan.write, upload_id) as slot:
-            body = request_body(request, state.config, slot)
+        async with (
+            state.admission.receiving(plan.write, upload_id) as slot,
+            contextlib.aclosing(request_body(request, state.config, slot)) as body,
+        ):
             return await state.store.write_chunk(upload_id, plan, body, digest)
     finally:
         after = await state.store.get(upload_id)

@@ -12,8 +12,10 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
+from contextlib import AbstractAsyncContextManager
 
 import structlog
 from aiohttp import web
@@ -42,6 +44,7 @@ from transfer.server.views import (
     range_headers,
     upload_id_of,
 )
+from transfer.store.base import DeferringStore
 
 log = structlog.get_logger("transfer.server")
 
@@ -116,7 +119,7 @@ async def put_chunk(request: web.Request) -> web.Response:
     content_digest = _digests(request, "Content-Digest")
     repr_digest = _digests(request, "Repr-Digest")
     _check_limits(state.config, request, rng)
-    async with state.admission.upload(upload_id):
+    async with state.admission.upload(upload_id), _deferring(state, upload_id, rng):
         info = await state.store.get(upload_id)
         if info is None:
             info = await _create_from_put(state, request, upload_id, rng, repr_digest)
@@ -131,6 +134,20 @@ async def put_chunk(request: web.Request) -> web.Response:
             exc.headers.update(range_headers(current.state.offset if current else 0))
             raise
     return completed(info) if info.record is not None else await incomplete(state, info)
+
+
+def _deferring(
+    state: ServerState, upload_id: str, rng: protocol.ContentRange
+) -> AbstractAsyncContextManager[None]:
+    """For a body that is the whole file, a scope in which the store may create the
+    upload without making its parameters durable (`DeferringStore`): it is published
+    (the record holds them) or they are made durable before the answer goes out. Not
+    with delivering hooks: their `created` event would announce it durably before."""
+    whole = isinstance(rng, protocol.ChunkRange) and rng.start == 0 and rng.total == rng.end + 1
+    store = state.store
+    if whole and not state.hooks.config.delivers and isinstance(store, DeferringStore):
+        return store.deferred(upload_id)
+    return contextlib.nullcontext()
 
 
 def _too_large(config: ServerConfig) -> PayloadTooLarge:
@@ -217,8 +234,10 @@ async def _receive(
 ) -> UploadInfo:
     upload_id = info.spec.upload_id
     try:
-        async with state.admission.receiving(plan.write, upload_id) as slot:
-            body = request_body(request, state.config, slot)
+        async with (
+            state.admission.receiving(plan.write, upload_id) as slot,
+            contextlib.aclosing(request_body(request, state.config, slot)) as body,
+        ):
             return await state.store.write_chunk(upload_id, plan, body, content_digest)
     finally:
         # Counted however the chunk ended: bytes of a broken-off body may be kept.

@@ -9,6 +9,8 @@
     CountedStore     records read and what is held in memory (`StoreCounts`), for /metrics
                      and for the conformance test that start-up does not read history
     RetainingStore   completed uploads' records by age, for `--record-ttl`
+    DeferringStore   an upload's parameters durable only at the end of the request that
+                     creates it (unless it published it): one creating, whole-body PUT
 
 No path, file descriptor or other storage detail crosses the seam; a handler that
 needs one is a handler that cannot run on another store. Every store passes the
@@ -48,6 +50,7 @@ Invariants every `UploadStore` keeps:
 from __future__ import annotations
 
 from collections.abc import AsyncIterable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
@@ -219,8 +222,23 @@ class RetainingStore(Protocol):
         ...
 
 
+@runtime_checkable
+class DeferringStore(Protocol):
+    """A store that may leave an upload's parameters not durable while the request that
+    creates it is running, for a request that also carries the whole body and publishes
+    (the record holds every parameter; nothing was acknowledged before it)."""
+
+    def deferred(self, upload_id: str) -> AbstractAsyncContextManager[None]:
+        """A scope in which `create` of `upload_id` may leave its parameters not durable.
+        When the scope ends, the upload is published or its parameters are durable; the
+        caller holds the id's lock throughout and answers nothing about the upload
+        before the scope has ended."""
+        ...
+
+
 __all__ = [
     "CountedStore",
+    "DeferringStore",
     "ExpiringStore",
     "PublishedFile",
     "QuotaStore",

@@ -17,15 +17,24 @@ Invariants (beyond the seam's, in `base.py`):
   runs shielded, so a second cancellation cannot leave the cache and the disk apart.
 - Blocking writes go to the page cache on the event loop (cheap); every other file-system
   call (reads of `.json`, stat, open, fsync, truncate, rename, unlink, hashing) runs in a
-  thread so it never stalls other requests. `open` (start-up) is the exception.
+  thread so it never stalls other requests. `open` (start-up) is the exception. Steps
+  that always follow each other share a thread hop (read and create; publish).
+- Deferred parameters (`deferred`, a `DeferringStore`): an upload created inside the
+  scope is provisional: no `.json` yet (its parameters are in memory), its `.part` open
+  for the first chunk. When the scope ends its `.json` is written durably, unless the
+  upload was published (its record holds every parameter); outside a scope `get`
+  (every other method reads through it) does that first, so no other path can hand
+  out a provisional state.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import shutil
-from collections.abc import AsyncIterable, Coroutine
-from dataclasses import replace
+from collections.abc import AsyncIterable, AsyncIterator, Coroutine
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +53,25 @@ from transfer.store.shared import InFlight, RunningHash, whole_algorithms
 DEFAULT_CACHE_SIZE = 10_000  # completed records kept in memory: about 10 MiB
 
 
+@dataclass(slots=True)
+class _Provisional:
+    """An upload created inside `deferred`: it has no `.json` yet."""
+
+    spec: UploadSpec  # as created: what `save_spec` makes durable
+    fd: int | None  # its `.part`, open at 0, until the first chunk takes it
+
+    def close(self) -> None:
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            os.close(fd)  # no I/O to wait for: the writes went to the page cache
+
+
+def _close_created(call: asyncio.Future[tuple[UploadInfo | None, int | None]]) -> None:
+    fd = None if call.cancelled() or call.exception() else call.result()[1]
+    if fd is not None:
+        os.close(fd)
+
+
 class FileStore:
     """`ServerStore` on a local file system (see `layout.py` for the files); also a
     `CountedStore` and a `RetainingStore`."""
@@ -60,11 +88,14 @@ class FileStore:
         self._done: LRU[str, UploadInfo] = LRU(cache_size)  # completed ones, bounded
         self._partial: dict[str, int] = {}  # offsets of unfinished uploads, for the quota
         self.migrated = 0  # flat-layout records moved into records/ by `open`
+        self.discarded = 0  # uploads never acknowledged that `open` removed
         self.partial_bytes = 0
         self._running: dict[str, RunningHash] = {}
         self._deletions = 0  # bumped by every delete, so a racing load knows to re-read
         self._writing = InFlight()
         self._cleanups: set[asyncio.Future[None]] = set()
+        self._scopes: set[str] = set()  # ids inside `deferred`
+        self._provisional: dict[str, _Provisional] = {}
 
     def open(self) -> list[str]:
         """Create the layout, finish interrupted publications and migrate a flat layout
@@ -74,6 +105,7 @@ class FileStore:
         self._partial = found.sizes
         self.partial_bytes = sum(found.sizes.values())
         self.migrated = found.migrated
+        self.discarded = len(found.discarded)
         return found.recovered
 
     def counts(self) -> StoreCounts:
@@ -118,6 +150,8 @@ class FileStore:
     # --- UploadStore --------------------------------------------------------------------
 
     async def get(self, upload_id: str) -> UploadInfo | None:
+        if upload_id in self._provisional and upload_id not in self._scopes:
+            await self._shielded(self._settle(upload_id))  # a scope that could not
         while (cached := self._cached(upload_id)) is None:
             deletions = self._deletions
             info = await asyncio.to_thread(self._disk.read, upload_id)
@@ -131,15 +165,58 @@ class FileStore:
         return cached
 
     async def create(self, spec: UploadSpec) -> UploadInfo:
-        existing = await self.get(spec.upload_id)
+        """Inside `deferred(spec.upload_id)`, a new upload is provisional."""
+        upload_id = spec.upload_id
+        cached = self._cached(upload_id) is not None
+        existing = await (self.get(upload_id) if cached else self._read_or_create(spec))
         if existing is not None:
             check_same(existing.spec, spec)
-            return await self.declare(spec.upload_id, size=spec.size, repr_digest=spec.repr_digest)
-        await asyncio.to_thread(self._disk.create, spec)
+            return await self.declare(upload_id, size=spec.size, repr_digest=spec.repr_digest)
         info = UploadInfo(spec, UploadState(0, spec.size))
         self._remember(info)
-        self._running[spec.upload_id] = RunningHash(whole_algorithms(spec))
+        self._running[upload_id] = RunningHash(whole_algorithms(spec))
         return info
+
+    async def _read_or_create(self, spec: UploadSpec) -> UploadInfo | None:
+        """The upload the disk has (cached), or None once it is created: one hop."""
+        upload_id, deletions = spec.upload_id, self._deletions
+        provisional = upload_id in self._scopes
+        step = self._disk.read_or_create
+        call = asyncio.ensure_future(asyncio.to_thread(step, spec, provisional=provisional))
+        try:
+            found, fd = await asyncio.shield(call)
+        except asyncio.CancelledError:
+            call.add_done_callback(_close_created)  # an orphan `.part`: removed at start
+            raise
+        if fd is not None:
+            self._provisional[upload_id] = _Provisional(spec, fd)
+        if found is not None and self._cached(upload_id) is None and deletions == self._deletions:
+            self._remember(found)
+        return found
+
+    @contextlib.asynccontextmanager
+    async def deferred(self, upload_id: str) -> AsyncIterator[None]:
+        """`create` of `upload_id` is provisional inside (module docstring); the caller
+        holds the id's lock throughout and answers nothing about it before the end."""
+        self._scopes.add(upload_id)
+        try:
+            yield
+        finally:
+            self._scopes.discard(upload_id)
+            if upload_id in self._provisional:
+                await self._shielded(self._settle(upload_id))
+
+    async def _settle(self, upload_id: str) -> None:
+        """Write a provisional upload's `.json` durably (if that fails, it stays so)."""
+        if (entry := self._provisional.get(upload_id)) is None:
+            return  # settled meanwhile
+        entry.close()
+        await asyncio.to_thread(self._disk.save_spec, entry.spec)
+        self._provisional.pop(upload_id, None)
+
+    def _drop_provisional(self, upload_id: str) -> None:
+        if (entry := self._provisional.pop(upload_id, None)) is not None:
+            entry.close()
 
     async def declare(
         self, upload_id: str, *, size: int | None, repr_digest: Digests
@@ -152,6 +229,7 @@ class FileStore:
             return info
         if info.record is None:
             await asyncio.to_thread(self._disk.save_spec, new.spec)
+            self._drop_provisional(upload_id)  # durable now, and newer than its spec
         info = new
         self._remember(info)
         return info
@@ -191,6 +269,10 @@ class FileStore:
         """A writer at the upload's offset; the id is in flight until `_release`."""
         upload_id = info.spec.upload_id
         self._writing.begin(upload_id)
+        entry = self._provisional.get(upload_id)
+        if entry is not None and entry.fd is not None and info.state.offset == 0:
+            fd, entry.fd = entry.fd, None  # the creation's descriptor, at 0: no second open
+            return ChunkWriter(fd, 0, plan, content_digest, durable=self._durable)
         try:
             return await ChunkWriter.open(
                 self._disk.part(upload_id),
@@ -268,7 +350,8 @@ class FileStore:
         record = FileRecord(
             upload_id, info.spec.name, info.state.offset, info.spec.metadata, digests
         )
-        await self._publish(info.spec, record)
+        await asyncio.to_thread(self._disk.publish, info.spec, record)
+        self._drop_provisional(upload_id)  # the record holds every parameter
         self._running.pop(upload_id, None)
         done = UploadInfo(info.spec, info.state, record)
         self._remember(done)
@@ -281,16 +364,6 @@ class FileStore:
         algorithms = whole_algorithms(info.spec)
         return await asyncio.to_thread(self._disk.hash_part, info.spec.upload_id, algorithms)
 
-    async def _publish(self, spec: UploadSpec, record: FileRecord) -> None:
-        """Record first, then the rename; one fsync per directory, both at once; then
-        the upload leaves `uploads/`."""
-        await asyncio.to_thread(self._disk.publish, spec, record)
-        await asyncio.gather(
-            asyncio.to_thread(self._disk.sync_dirs, self.uploads_dir),
-            asyncio.to_thread(self._disk.sync_dirs, self._disk.published_dir(spec.upload_id)),
-        )
-        await asyncio.to_thread(self._disk.retire, spec.upload_id)
-
     async def delete(self, upload_id: str) -> None:
         """Abort a partial upload: its bytes and parameters are removed."""
         self._writing.check(upload_id)
@@ -300,6 +373,7 @@ class FileStore:
 
     def _forget(self, upload_id: str) -> None:
         self._deletions += 1
+        self._drop_provisional(upload_id)
         self._open.pop(upload_id, None)
         self._done.pop(upload_id)
         self.partial_bytes -= self._partial.pop(upload_id, 0)

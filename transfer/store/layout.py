@@ -12,8 +12,15 @@ a time, when asked for.
 
 Invariants:
 - `.part` before `.json` on creation and `.json` before `.part` on removal: a crash in
-  between leaves an orphan `.part` (the id is unknown and a new create truncates it),
-  never a `.json` whose `.part` is missing.
+  between leaves an orphan `.part` (never acknowledged: `recover` removes it), never a
+  `.json` whose `.part` is missing.
+- A `.json` is written atomically and durably (temporary name, fsync, rename, directory
+  fsync), before anything about its upload is acknowledged. A provisional upload
+  (`create(provisional=True)`, for `FileStore.deferred`) has no `.json` at first, only
+  its `.part`, not fsynced into `uploads/`: its `.json` is written (`save_spec`) before
+  anything about it is acknowledged, or the upload is published first and its record
+  holds every parameter. So a `.part` with neither a `.json` nor a record was never
+  acknowledged, whatever a crash cut short, and `recover` removes it.
 - Publication writes the record into `records/` (durably) before the `.part` is renamed
   into `files/`, and unlinks `uploads/{id}.json` last. So `files/{id}` exists only for
   verified uploads whose record is durable, and an interrupted publication is an entry
@@ -63,6 +70,7 @@ class Recovery:
     """What start-up found in `uploads/`: the unfinished set."""
 
     recovered: list[str] = field(default_factory=list)  # publications finished now
+    discarded: list[str] = field(default_factory=list)  # never acknowledged: removed
     migrated: int = 0  # flat-layout records moved into records/
     sizes: dict[str, int] = field(default_factory=dict)  # every partial upload's `.part`
 
@@ -146,7 +154,7 @@ class DiskLayout:
 
     def _recover_one(self, upload_id: str, names: set[str], found: Recovery) -> bool:
         """True if the id's publication is to be finished (`_settle`); a partial
-        upload's size goes into `found`."""
+        upload's size goes into `found`, a never acknowledged one is removed."""
         doc = self._load(self.meta(upload_id)) if "json" in names else None
         if doc is not None and doc.get("complete"):
             self._migrate(upload_id, doc)
@@ -154,10 +162,21 @@ class DiskLayout:
             return True
         if self.records.exists(upload_id):
             return True
+        if doc is None:
+            # A `.part` alone: a creation or a removal cut short, or a provisional upload
+            # (see the module's invariants). None was acknowledged.
+            self._discard(upload_id)
+            found.discarded.append(upload_id)
+            return False
         part = ospath.stat(self.part(upload_id)) if "part" in names else None
         if part is not None:
             found.sizes[upload_id] = part.st_size
         return False
+
+    def _discard(self, upload_id: str) -> None:
+        """Remove the `.part` of an upload never acknowledged. No fsync: if the unlink
+        is lost, the next start removes it again."""
+        ospath.unlink(self.part(upload_id))
 
     def _migrate(self, upload_id: str, doc: dict[str, Any]) -> None:
         """A flat-layout record into `records/`, with its old mtime; made durable by
@@ -231,8 +250,26 @@ class DiskLayout:
             return None
         return UploadInfo(spec, UploadState(0, spec.size))
 
-    def create(self, spec: UploadSpec) -> None:
-        """Raises:
+    def read_or_create(
+        self, spec: UploadSpec, *, provisional: bool
+    ) -> tuple[UploadInfo | None, int | None]:
+        """(what the disk has, None) if the id exists; else it is created (`create`):
+        (None, its `.part` open for writing at 0 if `provisional`, else None). One
+        thread hop for both steps of a creation.
+
+        Raises: as `create`.
+        """
+        found = self.read(spec.upload_id)
+        if found is not None:
+            return found, None
+        return None, self.create(spec, provisional=provisional)
+
+    def create(self, spec: UploadSpec, *, provisional: bool = False) -> int | None:
+        """A new upload: `.part` first, then its `.json`, durably. A `provisional` one
+        gets no `.json` (see the module's invariants): its `.part`'s descriptor is
+        returned, open for writing at 0, and the caller closes it.
+
+        Raises:
         Conflict: `upload_complete` when the id's file is published (its record was
             removed by `--record-ttl`): an id is never reused, a published file never
             replaced.
@@ -242,14 +279,17 @@ class DiskLayout:
                 Code.UPLOAD_COMPLETE,
                 f"upload {spec.upload_id} is complete and its file published; ids are never reused",
             )
-        # The one directory fsync inside `save_spec` makes both entries durable.
         fd = os.open(self.part(spec.upload_id), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        if provisional:
+            return fd
         os.close(fd)
-        self.save_spec(spec)
+        self.save_spec(spec)  # its one directory fsync makes both entries durable
+        return None
 
     def save_spec(self, spec: UploadSpec) -> None:
-        data = json.dumps(spec_to_json(spec)).encode()
-        ospath.write_atomic(self.meta(spec.upload_id), data, sync=self.durable)
+        """Write the `.json` atomically and durably; its directory fsync also makes a
+        provisional upload's `.part` durable in `uploads/`."""
+        ospath.write_atomic(self.meta(spec.upload_id), _spec_bytes(spec), sync=self.durable)
 
     def reset(self, upload_id: str) -> None:
         """Cut the upload's bytes back to none, durably."""
@@ -261,18 +301,19 @@ class DiskLayout:
             os.close(fd)
 
     def publish(self, spec: UploadSpec, record: FileRecord) -> None:
-        """The record, durable, first; then the rename. The caller syncs `uploads/` and
-        `files/`, then calls `retire`."""
+        """The record, durable, first; then the rename, made durable by one fsync of the
+        file's directory; then the `.json` leaves `uploads/`. One thread hop.
+
+        `uploads/` is not fsynced, neither for the rename out of it nor for the unlink:
+        what a crash brings back there (the `.part`, the `.json`) has a durable record,
+        and `recover` removes it again; the `.part` is never put over `files/{id}`."""
         doc = spec_to_json(spec)
         doc.update(complete=True, size=record.size, digests=integrity.to_hex(record.digests))
         self.records.write(spec.upload_id, json.dumps(doc).encode())
         self._make_published_dir(spec.upload_id)
         os.replace(self.part(spec.upload_id), self.published(spec.upload_id))
-
-    def retire(self, upload_id: str) -> None:
-        """Unlink a published upload's `.json`. No fsync: if the unlink is lost in a
-        crash, `recover` sees the id's record and unlinks it again."""
-        ospath.unlink(self.meta(upload_id))
+        self.sync_dirs(self.published_dir(spec.upload_id))
+        ospath.unlink(self.meta(spec.upload_id))
 
     def remove(self, upload_id: str) -> None:
         """Unlink a partial upload's files, the `.json` first; then sync the directory."""
@@ -319,6 +360,10 @@ class DiskLayout:
             os.close(fd)
             return None
         return DiskFile(fd, info.st_size, info.st_mtime_ns)
+
+
+def _spec_bytes(spec: UploadSpec) -> bytes:
+    return json.dumps(spec_to_json(spec)).encode()
 
 
 class DiskFile(ClosingReader):

@@ -9,8 +9,13 @@ listing.
 
 Invariants:
 - A record is written once, atomically and durably (temporary name, fsync, rename,
-  fsync of its directory; a new shard directory is fsynced into its parent first), and
-  never rewritten. It is written before its file appears in `files/` (`layout.py`).
+  fsync of its directory, and of the parent of every shard directory it needed made),
+  and never rewritten. It is written before its file appears in `files/` (`layout.py`),
+  so the order of those fsyncs does not matter; the parents come last, where the
+  journal of most file systems has committed their new entries already.
+- A shard directory is durable in its parent before any record in it is: a writer
+  that finds a shard another thread made and has not fsynced into its parent yet
+  fsyncs that parent itself (`_unsynced`).
 - Its mtime is the publication time (a record migrated from an old data dir keeps the
   old `.json`'s mtime): `--record-ttl` reads it, so no date is parsed from JSON.
 - Removing a record (`--record-ttl`) unlinks only the record; `files/{id}` stays.
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,6 +47,10 @@ class RecordTree:
     def __init__(self, root: Path, *, durable: bool) -> None:
         self.root = root
         self.durable = durable
+        # Shard directories made whose parent is not fsynced yet -> that parent. Writers
+        # run in threads: the lock guards the dict, never an fsync.
+        self._unsynced: dict[str, str] = {}
+        self._lock = threading.Lock()
 
     def shard(self, upload_id: str) -> str:
         """The leaf directory (a `str`: see `ospath` for why no `Path` names an id)."""
@@ -60,24 +70,45 @@ class RecordTree:
         self, upload_id: str, data: bytes, *, mtime: float | None = None, sync: bool = True
     ) -> None:
         """Write the record, durably unless `sync` is False (a migration flushes a whole
-        batch at once); `mtime` (a migration's) replaces the time stamp."""
+        batch at once); `mtime` (a migration's) replaces the time stamp. The shard is
+        made when the first write into it finds it missing (no `stat` per record)."""
         path, shard = self.path(upload_id), self.shard(upload_id)
         durable = self.durable and sync
-        if ospath.stat(shard) is None:
+        try:
+            ospath.write_atomic(path, data, sync=durable)
+        except FileNotFoundError:
             self._make_shard(shard, durable)
-        ospath.write_atomic(path, data, sync=durable)
+            ospath.write_atomic(path, data, sync=durable)
+        if durable:
+            self._sync_parents(shard)
         if mtime is not None:
             os.utime(path, (mtime, mtime))
 
     def _make_shard(self, leaf: str, durable: bool) -> None:
-        """Create `records/ab/cd`, each new directory fsynced into its parent."""
+        """Create `records/ab/cd`; each directory made is noted in `_unsynced` if it is
+        to be durable (a migration's one `sync` covers its own)."""
         top = leaf.rpartition("/")[0]
         for directory, parent in ((top, str(self.root)), (leaf, top)):
-            if ospath.stat(directory) is not None:
+            with self._lock:
+                try:
+                    os.mkdir(directory)  # noqa: PTH102 (a str: see `ospath`)
+                except FileExistsError:
+                    continue
+                if durable:
+                    self._unsynced[directory] = parent
+
+    def _sync_parents(self, leaf: str) -> None:
+        """Fsync the parents of `leaf` and of its top directory if either was made and
+        not yet fsynced into its parent (by this writer or another one)."""
+        top = leaf.rpartition("/")[0]
+        for directory in (top, leaf):
+            with self._lock:
+                parent = self._unsynced.get(directory)
+            if parent is None:
                 continue
-            os.makedirs(directory, exist_ok=True)  # noqa: PTH103 (a str: see `ospath`)
-            if durable:
-                ospath.fsync_dir(parent)
+            ospath.fsync_dir(parent)
+            with self._lock:
+                self._unsynced.pop(directory, None)
 
     def remove(self, upload_id: str) -> bool:
         """Unlink the record (durably); False if there was none."""
