@@ -68,13 +68,18 @@ class Sleeps:
 
 
 class FirstChunkDamaged(Corruptor):
-    """Flips a bit of the first chunk only: one transient refusal, then clean chunks."""
+    """Flips a bit of the first chunk only: one transient refusal, then clean chunks.
 
-    def __init__(self) -> None:
+    Given `first` (the first chunk's opening bytes), only that chunk is damaged: pipelined
+    chunks are read in threads, so the first one read need not be the first chunk, and a
+    later chunk that arrives early is answered 409 and resent before its digest is read."""
+
+    def __init__(self, first: bytes = b"") -> None:
         super().__init__(rate=1.0, seed=0)
+        self.first = first
 
     def __call__(self, data: bytes) -> bytes:
-        return super().__call__(data) if self.flips == 0 else data
+        return super().__call__(data) if self.flips == 0 and data.startswith(self.first) else data
 
 
 def uploader(session: Any, served: Served, **options: Any) -> Uploader:
@@ -171,10 +176,11 @@ async def test_a_retry_logs_upload_retry_with_file_id_and_attempt(
 async def test_a_pipelined_retry_logs_upload_retry_with_file_id(
     served: Served, tmp_path: Path, logs: Logs
 ) -> None:
-    data = bytes(range(256)) * 3072  # 768 KiB: 3 pipelined chunks, the first one damaged
+    # 768 KiB: 3 pipelined chunks of different bytes, the first one damaged
+    data = b"".join(bytes([n]) * (256 * KiB) for n in range(3))
     entry = spooled(tmp_path, "run-00006", data)
     async with new_session() as session:
-        up = uploader(session, served, corruptor=FirstChunkDamaged())
+        up = uploader(session, served, corruptor=FirstChunkDamaged(first=data[:64]))
         done = await up.deliver(entry, fresh=True)
 
     assert done.state is FileState.CONFIRMED

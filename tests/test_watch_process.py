@@ -63,7 +63,14 @@ def assert_exactly_once(server: ServerProcess, written: Written) -> None:
     assert set(now) == set(written), set(now) ^ set(written)
     for rel, data in written.items():
         assert now[rel] == [data], f"{rel}: {len(now[rel])} versions"
-    assert set(completions(server.events()).values()) == {1}
+
+    # The server logs `upload.completed` just after the rename that `published` sees.
+    def logged() -> Counter[str] | None:
+        counts = completions(server.events())
+        return counts if sum(counts.values()) >= len(written) else None
+
+    done = wait_until(logged, "every completion logged")
+    assert set(done.values()) == {1}
 
 
 def watching(
