@@ -6,6 +6,7 @@ over TLS), and a region that changed after its digest was taken is refused."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import ssl
 from collections.abc import Callable
@@ -24,7 +25,13 @@ from transfer.core.errors import LocalFileDamaged, TransientError
 from transfer.core.filestate import FileState
 from transfer.sender.client import Announce, Body, Progress, UploadClient
 from transfer.sender.journal import JournalEntry
-from transfer.sender.localfile import HASH_BLOCK, hash_file, open_checked
+from transfer.sender.localfile import (
+    HASH_BLOCK,
+    hash_file,
+    hash_for_journal,
+    identity,
+    open_checked,
+)
 from transfer.sender.retry import RetryPolicy
 from transfer.sender.uploader import Uploader
 
@@ -265,3 +272,63 @@ async def test_a_file_changed_after_the_check_fails_and_is_never_published(
     assert done.state is FileState.FAILED
     assert done.reason is not None and "changed on disk since it was journaled" in done.reason
     assert not (tmp_path / "data" / "files" / entry.file_id).exists()
+
+
+def rchar() -> int:
+    """Bytes this process has read so far (read, pread, sendfile), as the kernel counts."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("rchar: "):
+            return int(line.split()[1])
+    raise AssertionError("no rchar in /proc/self/io")
+
+
+@pytest.mark.parametrize("size", [2 * CHUNK, 3 * CHUNK - 5, 3 * CHUNK])
+def test_the_journaling_pass_takes_the_checks_chunk_digests(tmp_path: Path, size: int) -> None:
+    data = pattern(size)
+    (tmp_path / "f").write_bytes(data)
+    hashed = hash_for_journal(tmp_path / "f", lambda n: CHUNK if n > CHUNK else None)
+    assert (hashed.size, hashed.digest) == (size, xxhash.xxh3_128_hexdigest(data))
+    parts = [data[i : i + CHUNK] for i in range(0, size, CHUNK)]
+    assert hashed.digests == b"".join(xxhash.xxh3_128_digest(part) for part in parts)
+    assert hashed.reusable and hashed.identity == identity((tmp_path / "f").stat())
+    small = hash_for_journal(tmp_path / "f", lambda n: None)  # sent whole: nothing to keep
+    assert (small.size, small.digest, small.reusable) == (size, hashed.digest, False)
+
+
+async def test_the_first_attempt_reuses_the_journaling_pass(tmp_path: Path) -> None:
+    """The file read for the journal is not read again by the check: its chunks go out
+    with the digests that pass took (rchar barely moves: a few bytes of /proc)."""
+    size = 64 * CHUNK
+    entry = spooled(tmp_path / "a.bin", pattern(size))
+    hashed = hash_for_journal(tmp_path / "a.bin", lambda n: CHUNK)
+    before = rchar()
+    async with open_checked(entry, CHUNK, hashed) as source:
+        read = rchar() - before
+        first = await source.read(0)
+    assert read < CHUNK, f"{read} bytes read by a check the journaling pass made"
+    assert isinstance(first, Region)
+    assert first.digests["xxh3-128"] == xxhash.xxh3_128_digest(pattern(size)[:CHUNK])
+
+
+@pytest.mark.parametrize("why", ["touched", "other chunk size", "other digest", "replaced"])
+async def test_the_full_check_runs_unless_the_file_is_the_one_read(
+    tmp_path: Path, why: str
+) -> None:
+    """Any sign that the file or the plan differs from the journaling pass (its time,
+    the chunk size, the digest journaled, another file at the path) means a full pass."""
+    size = 64 * CHUNK
+    path = tmp_path / "a.bin"
+    entry = spooled(path, pattern(size))
+    hashed = hash_for_journal(path, lambda n: CHUNK)
+    chunk = 2 * CHUNK if why == "other chunk size" else CHUNK
+    if why == "touched":
+        os.utime(path, ns=(1, 1))
+    elif why == "other digest":
+        hashed = dataclasses.replace(hashed, digest="0" * 32)
+    elif why == "replaced":
+        (tmp_path / "b.bin").write_bytes(pattern(size))
+        os.replace(tmp_path / "b.bin", path)
+    before = rchar()
+    async with open_checked(entry, chunk, hashed):
+        read = rchar() - before
+    assert read >= size

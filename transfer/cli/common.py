@@ -269,6 +269,6 @@ def _read_log(spool: Path) -> bytes:
 def freeze_heap() -> None:
     """Take what start-up allocated (modules, parsers, the app, the journal's replay) out
     of the cyclic collector's sight: it lives as long as the process, and every full
-    collection of a long run would otherwise walk it again. Call once, when set up."""
-    gc.collect()
+    collection of a long run would otherwise walk it again. Call once, when set up. (No
+    `gc.collect()` first: it found nothing to free at this point and cost 20 ms of CPU.)"""
     gc.freeze()

@@ -49,7 +49,6 @@ from transfer.sender import status
 from transfer.sender.client import UploadClient
 from transfer.sender.failover import Servers, ask_any
 from transfer.sender.generator import GeneratorConfig
-from transfer.sender.intake import WATCHED_DIR, watch_summary
 from transfer.sender.journal import FileJournal, JournalEntry
 from transfer.sender.pipeline import Sender, SenderConfig, prepare_journal
 from transfer.sender.reasons import Reason
@@ -235,6 +234,7 @@ async def _send(args: argparse.Namespace, config: SenderConfig) -> int:
             servers = Servers(tuple(args.server))
             client = client_for(args, session, seed, servers)
             uploader = Uploader(client, args.chunk_size, RetryPolicy(timeout=args.retry_timeout))
+            uploader.server_checks_chunks = args.protocol == "native"  # localfile's one pass
             sender = Sender(config, journal, uploader)
             freeze_heap()
             signals.attach(lambda sig: sender.request_stop(Reason.SIGNAL, signal=sig.name))
@@ -323,6 +323,8 @@ def run_status(args: argparse.Namespace) -> int:
     counts = {s.value: sum(e.state is s for e in view.live) for s in FileState}
     counts[FileState.CONFIRMED.value] += view.folded
     print(", ".join(f"{n} {state}" for state, n in counts.items()))
+    from transfer.sender.intake import WATCHED_DIR, watch_summary  # noqa: PLC0415 (inotify)
+
     if WATCHED_DIR in view.meta:
         print(watch_summary(view.meta, view.entries()))
     return 0

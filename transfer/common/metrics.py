@@ -9,6 +9,7 @@ as one unlabelled `name 0`, so a scraper sees 0 rather than "absent" (which aler
 
 from __future__ import annotations
 
+import bisect
 from collections import defaultdict
 from collections.abc import Callable
 
@@ -46,12 +47,12 @@ class Metrics:
         return self._values[name].get(_key(labels), 0.0)
 
     def observe(self, name: str, value: float, **labels: str) -> None:
+        """Count `value` in its one bucket (`counts[i]`: those above `_BUCKETS[i-1]` and
+        at most `_BUCKETS[i]`; `counts[-2]`: above them all) and add it to the sum
+        (`counts[-1]`); `render` accumulates the buckets as Prometheus wants them."""
         counts = self._hist[name].setdefault(_key(labels), [0.0] * (len(_BUCKETS) + 2))
-        for i, bound in enumerate(_BUCKETS):
-            if value <= bound:
-                counts[i] += 1
-        counts[-2] += 1  # +Inf bucket == count
-        counts[-1] += value  # sum
+        counts[bisect.bisect_left(_BUCKETS, value)] += 1
+        counts[-1] += value
 
     def render(self) -> str:
         for refresh in self._collectors:
@@ -74,17 +75,20 @@ def _zero(kind: str) -> dict[Labels, float]:
 
 
 def _histogram_lines(name: str, labels: Labels, counts: list[float]) -> list[str]:
-    lines = [
-        f"{name}_bucket{_fmt((*labels, ('le', str(bound))))} {_num(counts[i])}"
-        for i, bound in enumerate(_BUCKETS)
-    ]
-    lines.append(f"{name}_bucket{_fmt((*labels, ('le', '+Inf')))} {_num(counts[-2])}")
-    lines.append(f"{name}_count{_fmt(labels)} {_num(counts[-2])}")
+    lines, total = [], 0.0
+    for bound, count in zip(_BUCKETS, counts, strict=False):
+        total += count
+        lines.append(f"{name}_bucket{_fmt((*labels, ('le', str(bound))))} {_num(total)}")
+    total += counts[-2]
+    lines.append(f"{name}_bucket{_fmt((*labels, ('le', '+Inf')))} {_num(total)}")
+    lines.append(f"{name}_count{_fmt(labels)} {_num(total)}")
     lines.append(f"{name}_sum{_fmt(labels)} {counts[-1]!r}")
     return lines
 
 
 def _key(labels: dict[str, str]) -> Labels:
+    if len(labels) < 2:  # most calls: nothing to sort
+        return tuple(labels.items())
     return tuple(sorted(labels.items()))
 
 

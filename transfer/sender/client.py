@@ -61,6 +61,18 @@ async def digest_of(data: Body, algorithm: str = integrity.PREFERRED) -> bytes:
     return known
 
 
+def announced_digest(data: Body, start: int, total: int, announce: Announce | None) -> bytes | None:
+    """A chunk's xxh3-128 without hashing it again, where it is known: bytes that are the
+    whole file have the file's digest, which `announce` carries (the journaled digest,
+    which those very bytes were checked against: sender/localfile.py). Saves a pass over
+    every small file (~25 us for 0.5 MiB). Were the bytes anything else, the server
+    would refuse them for this Content-Digest (`chunk_digest_mismatch`): never accepted.
+    None: hash the chunk (`digest_of`)."""
+    if announce is None or isinstance(data, Region) or start != 0 or len(data) != total:
+        return None
+    return announce.digest
+
+
 async def payload_of(data: Body, corrupt: Corruptor | None) -> aiohttp.Payload:
     """A chunk's request body: a region straight from its file, bytes a piece at a time;
     with the chaos demo's corruptor, a copy of the bytes it may have damaged."""
@@ -201,11 +213,10 @@ class UploadClient:
         """Send `data` as bytes start..start+len-1 of a `total`-byte file. With `announce`,
         the PUT also creates the upload if the server does not know it (no POST needed)."""
         rng = protocol.ChunkRange(start, start + len(data) - 1, total)
+        digest = announced_digest(data, start, total, announce) or await digest_of(data)
         headers = {
             "Content-Range": protocol.format_content_range(rng),
-            "Content-Digest": integrity.format_digest_field(
-                {integrity.PREFERRED: await digest_of(data)}
-            ),
+            "Content-Digest": integrity.format_digest_field({integrity.PREFERRED: digest}),
             "Content-Type": "application/octet-stream",
             **(announce.headers() if announce else {}),
         }

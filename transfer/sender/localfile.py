@@ -5,7 +5,8 @@ Invariants:
   delivery attempt reads the file through `open_checked`, which compares size and
   digest with the journal before it returns, so before any request of the attempt
   (`LocalFileDamaged` otherwise: a spool file damaged or changed after it was journaled
-  is never sent as truth).
+  is never sent as truth); the first attempt of a file this process has just hashed for
+  the journal may use that pass instead ("One pass" below).
   - A file sent in one request (size <= chunk) is read, hashed and compared in one pass,
     in one thread, and the bytes compared are the very bytes sent (a retry re-sends the
     same object): nothing can change between the check and the send.
@@ -28,6 +29,32 @@ Invariants:
   (it awaits each `read`).
 - Disk reads run in threads, off the event loop: one thread hop per attempt, for the
   check (and whole read) of the file, plus one per chunk read again.
+
+One pass for a file this process journals and then sends (`hash_for_journal`): the
+pass that takes the size and digest for the journal also takes the digest of every
+chunk at the chunk size the uploader will use, and the identity of the file it read
+(`Identity`: device, inode, size, mtime and ctime, the same before and after the
+pass). The first attempt then opens the path and, if the descriptor's identity is
+still that one, sends the chunks with those digests instead of hashing the file again
+(`Hashed`); a 1 GiB file is read once before its first byte instead of twice. The
+guarantee above still holds, because it never rested on the moment of the check: the
+bytes that go out are read from the file again (sendfile) in any case, so
+- every chunk carries, as Content-Digest, the xxh3-128 of the bytes that were hashed
+  for the journal, and the server verifies it and refuses changed bytes
+  (`chunk_digest_mismatch`, nothing kept);
+- the whole file's Repr-Digest (the journaled one, announced at creation) is verified
+  by the server before it publishes;
+- a refused or retried chunk is read again and compared with its hashed digest, so a
+  file changed meanwhile fails as `LocalFileDamaged` (reported damaged) instead of
+  being refused again and again.
+The identity is an early warning, not the guarantee: a change it shows gets the full
+check (damaged before any request); a change it misses (bytes written in place through
+a mapping that was already dirty, so no time moved) is refused by the server, chunk by
+chunk. The pass stands in only where the server checks each chunk's xxh3-128
+(`Uploader.server_checks_chunks`: the native protocol), only for the first attempt of
+a file journaled by this very process, and only at the chunk size it was taken at; a
+file resumed after a restart, any later attempt, and a file sent in one request (whose
+sent bytes are the checked ones) keep the full check.
 """
 
 from __future__ import annotations
@@ -51,14 +78,54 @@ from transfer.sender.journal import JournalEntry
 HASH_BLOCK = 1024 * 1024  # bytes read per call when hashing a file or a chunk
 
 
+def auto_chunk_size(size: int) -> int:
+    """The whole file in one request up to 8 MiB, 8 MiB chunks beyond (a multiple of
+    256 KiB either way). Measured in docs/benchmarks.md: 256 KiB chunks cost a request and
+    an fsync each (45 MB/s on a 1 GiB file), 8 MiB ones reach the server's speed, larger
+    ones gain nothing and resend more after a kill; small files want one round trip."""
+    quantum = 256 * 1024
+    return min(max(-(-size // quantum) * quantum, quantum), 32 * quantum)
+
+
+Identity = tuple[int, int, int, int, int]  # st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns
+
+
+@dataclass(frozen=True, slots=True)
+class Hashed:
+    """What the journaling pass read (`hash_for_journal`): the file's size and hex
+    xxh3-128, and, for a file the uploader sends in chunks of `chunk` bytes, each chunk's
+    xxh3-128 and the `identity` of the file read (None: it changed during the pass)."""
+
+    size: int
+    digest: str
+    chunk: int | None = None
+    digests: bytes = b""  # 16 bytes a chunk, in order
+    identity: Identity | None = None
+
+    @property
+    def reusable(self) -> bool:
+        """Worth keeping for the first attempt: chunk digests of a file that held still."""
+        return self.chunk is not None and self.identity is not None
+
+
+def identity(stat: os.stat_result) -> Identity:
+    """The file and its version, as the inode tells them: ctime as well as mtime, since
+    `utime` can set mtime back but moves ctime."""
+    return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+
+
 @contextlib.asynccontextmanager
-async def open_checked(entry: JournalEntry, chunk: int) -> AsyncIterator[LocalFile]:
+async def open_checked(
+    entry: JournalEntry, chunk: int, hashed: Hashed | None = None
+) -> AsyncIterator[LocalFile]:
     """`entry`'s file, checked against the journal, read in chunks of `chunk` bytes.
+    `hashed`: what this process read when it journaled the file; its chunk digests
+    stand in for the check if the file is still the one read (module docstring).
 
     Raises:
         LocalFileDamaged: the file is gone, unreadable, or not the journaled bytes.
     """
-    source = await _checked(entry, chunk)
+    source = await _checked(entry, chunk, hashed)
     try:
         yield LocalFile(entry, chunk, source)
     finally:
@@ -79,12 +146,12 @@ class Checked:
         return None if rest else self.digests[16 * index : 16 * index + 16] or None
 
 
-async def _checked(entry: JournalEntry, chunk: int) -> bytes | Checked:
+async def _checked(entry: JournalEntry, chunk: int, hashed: Hashed | None) -> bytes | Checked:
     """The whole checked file (sent in one request), or the checked file, open."""
     try:
         if entry.size <= chunk:
             return await asyncio.to_thread(_read_whole, entry)
-        fd, digests = await asyncio.to_thread(_open_hashed, entry, chunk)
+        fd, digests = await asyncio.to_thread(_open_hashed, entry, chunk, hashed)
         return Checked(io.FileIO(fd, "rb"), digests)
     except OSError as exc:
         raise LocalFileDamaged(f"{entry.path}: {exc.strerror}") from exc
@@ -155,6 +222,22 @@ def hash_file(path: Path) -> tuple[int, str]:
         os.close(fd)
 
 
+def hash_for_journal(path: Path, chunk_for: Callable[[int], int | None]) -> Hashed:
+    """A file's size and hex xxh3-128 and, in the same pass, the digests of its chunks of
+    `chunk_for(size)` bytes (None: none wanted) with its identity (run in a thread)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        before = identity(os.fstat(fd))
+        if (chunk := chunk_for(before[2])) is None:
+            return Hashed(*_hash_fd(fd, _buffer(HASH_BLOCK)))
+        whole, chunks = xxhash.xxh3_128(), _ChunkDigests(chunk)
+        size = _feed(fd, _buffer(HASH_BLOCK), 0, None, lambda view: _both(whole, chunks, view))
+        held = size == before[2] and identity(os.fstat(fd)) == before
+        return Hashed(size, whole.hexdigest(), chunk, chunks.finish(), before if held else None)
+    finally:
+        os.close(fd)
+
+
 def _read_whole(entry: JournalEntry) -> bytes:
     """The file's bytes, once they are checked against the journal (run in a thread).
     One byte more than journaled is asked for, so a file that grew is seen."""
@@ -167,11 +250,14 @@ def _read_whole(entry: JournalEntry) -> bytes:
     return data
 
 
-def _open_hashed(entry: JournalEntry, chunk: int) -> tuple[int, bytes]:
+def _open_hashed(entry: JournalEntry, chunk: int, hashed: Hashed | None) -> tuple[int, bytes]:
     """An open descriptor of the file, once it is hashed and compared, and the digests of
-    its chunks, taken in the same pass (run in a thread)."""
+    its chunks, taken in the same pass (run in a thread); or, if the descriptor is of
+    the file `hashed` read when it was journaled, that pass's digests."""
     fd = os.open(entry.path, os.O_RDONLY)
     try:
+        if (known := _journaled(entry, chunk, hashed, fd)) is not None:
+            return fd, known
         whole, chunks = xxhash.xxh3_128(), _ChunkDigests(chunk)
         size = _feed(fd, _buffer(HASH_BLOCK), 0, None, lambda view: _both(whole, chunks, view))
         _compare(entry, size, whole.hexdigest())
@@ -179,6 +265,16 @@ def _open_hashed(entry: JournalEntry, chunk: int) -> tuple[int, bytes]:
         os.close(fd)
         raise
     return fd, chunks.finish()
+
+
+def _journaled(entry: JournalEntry, chunk: int, hashed: Hashed | None, fd: int) -> bytes | None:
+    """`hashed`'s chunk digests if they are of `entry` as journaled, at this chunk size,
+    and `fd` is still the file they were taken from; else None (hash it again)."""
+    if hashed is None or hashed.identity is None or hashed.chunk != chunk:
+        return None
+    if (hashed.size, hashed.digest) != (entry.size, entry.digest):
+        return None
+    return hashed.digests if identity(os.fstat(fd)) == hashed.identity else None
 
 
 def _both(whole: xxhash.xxh3_128, chunks: _ChunkDigests, view: memoryview) -> None:

@@ -7,6 +7,9 @@
 Invariants:
 - A file is journaled only once its bytes are durable in the spool, and uploaded only
   once its journal record is durable: a crash at any instant loses nothing.
+- A given file (`send PATH`) is read once before its first byte: the pass that hashes
+  it for the journal also takes its chunks' digests for the first attempt (kept in
+  memory until that attempt, see `localfile` for why this keeps every check).
 - Generated ids are `{run}-{index:05d}`: the run id and the seed live in the journal, so a
   restarted sender regenerates exactly the missing indices, byte-identical, and never
   more than `count` files in total.
@@ -36,10 +39,10 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -49,13 +52,17 @@ from transfer.core.events import Event
 from transfer.core.filestate import FileEvent, FileState, allows
 from transfer.sender import generator
 from transfer.sender.generator import FileSpec, GeneratorConfig, generate, spec_for, write_file
-from transfer.sender.intake import WatchSource
+from transfer.sender.given import path_entry, walk
 from transfer.sender.journal import Journal, JournalEntry
 from transfer.sender.journalview import count_states, folded_indices, live_entries
+from transfer.sender.localfile import Hashed, hash_for_journal
 from transfer.sender.retry import Sleep
 from transfer.sender.tasklimit import TaskLimit
-from transfer.sender.uploader import Uploader, hash_file
+from transfer.sender.uploader import Uploader
 from transfer.sender.watch import WatchConfig
+
+if TYPE_CHECKING:  # imported when watching: it pulls in inotify (ctypes, an ldconfig run)
+    from transfer.sender.intake import WatchSource
 
 log = structlog.get_logger("transfer.sender")
 SPOOL_AHEAD = 8  # spool writes in flight while generation goes on
@@ -115,6 +122,7 @@ class Sender:
         self._busy = 0  # workers delivering a file right now
         self._queue: asyncio.Queue[JournalEntry | None] = asyncio.Queue()
         self._fresh: set[str] = set()  # ids first journaled by this run (see Uploader.deliver)
+        self._hashed: dict[str, Hashed] = {}  # their journaling pass, for the first attempt
         uploader.stopping = self.stop.is_set
         uploader.remember = journal.record  # a server-assigned upload URL, before its bytes
         self.watching = self._watch_source(config.watch) if config.watch else None
@@ -223,7 +231,11 @@ class Sender:
                     await settling  # its failure is raised here
                 self._busy += 1
                 try:
-                    done = await self.uploader.deliver(entry, fresh=entry.file_id in self._fresh)
+                    done = await self.uploader.deliver(
+                        entry,
+                        fresh=entry.file_id in self._fresh,
+                        hashed=self._hashed.pop(entry.file_id, None),
+                    )
                 except Interrupted:
                     continue  # stopping: the file stays as journaled, for the next run
                 finally:
@@ -243,6 +255,8 @@ class Sender:
             await self.watching.delivered(done)
 
     def _watch_source(self, config: WatchConfig) -> WatchSource:
+        from transfer.sender.intake import WatchSource  # noqa: PLC0415 (see the import above)
+
         run = self.journal.meta().get("run")
         if run is None:
             raise ConfigError("the journal has no run id: call prepare_journal first")
@@ -323,32 +337,24 @@ class Sender:
         return entry
 
     async def _enqueue_paths(self) -> None:
+        """Journal each given file not journaled yet (by path and digest) and queue it,
+        with what its one read took for the first attempt (see the module's invariants)."""
         run = self.journal.meta()["run"]
         known = {(e.path, e.digest) for e in self.journal.entries()}
         number = len(self.journal.entries())
-        async for path, name in _walk(self.config.paths):
-            size, digest = await asyncio.to_thread(hash_file, path)
-            if (str(path), digest) in known:
+        chunk_for = self.uploader.journal_chunk
+        async for path, name in walk(self.config.paths):
+            hashed = await asyncio.to_thread(hash_for_journal, path, chunk_for)
+            if (str(path), hashed.digest) in known:
                 continue
-            entry = _path_entry(f"{run}-p{number:05d}", path, name, size, digest)
+            entry = path_entry(f"{run}-p{number:05d}", path, name, hashed.size, hashed.digest)
             number += 1
             await self.journal.record(entry)
             self.tally.born[entry.file_id] = self.clock()
             self._fresh.add(entry.file_id)
+            if hashed.reusable:
+                self._hashed[entry.file_id] = hashed
             self._queue.put_nowait(entry)
-
-
-def _path_entry(file_id: str, path: Path, name: str, size: int, digest: str) -> JournalEntry:
-    """A given file as journaled: its own path (no spool copy), dtype `bytes`."""
-    return JournalEntry(
-        file_id=file_id,
-        name=name,
-        path=str(path),
-        size=size,
-        dtype="bytes",
-        digest=digest,
-        state=FileState.GENERATED,
-    )
 
 
 def generated_indices(entries: Iterable[JournalEntry], run: str) -> set[int]:
@@ -378,14 +384,3 @@ async def prepare_journal(journal: Journal, seed: int | None) -> int:
     if seed is not None and int(meta["seed"]) != seed:
         raise ConfigError(f"this spool dir was started with --seed {meta['seed']}, not {seed}")
     return int(meta["seed"])
-
-
-async def _walk(paths: Iterable[Path]) -> AsyncIterator[tuple[Path, str]]:
-    for root in paths:
-        if root.is_file():
-            yield root.resolve(), root.name
-        elif root.is_dir():
-            for path in sorted(p for p in root.rglob("*") if p.is_file()):
-                yield path.resolve(), str(path.relative_to(root))
-        else:
-            raise ConfigError(f"{root} is not a file or directory")

@@ -7,9 +7,10 @@
     put_chunk    PATCH {url} at Upload-Offset, with Upload-Checksum when offered; 204
     finish_empty HEAD {url} (an empty upload is complete at creation)
 
-Confirmation. When a PATCH (or HEAD) shows Upload-Offset == Upload-Length, the client
-HEADs the upload once more: a `Repr-Digest` carrying xxh3-128 (what `transfer serve`
-answers) confirms by the whole-file digest. Without one, it first sends an empty PATCH
+Confirmation. When a PATCH (or HEAD) shows Upload-Offset == Upload-Length, a
+`Repr-Digest` carrying xxh3-128 confirms by the whole-file digest: on that answer (what
+`transfer serve` adds once a PATCH published the upload), else on one more HEAD.
+Without one there either, the client first sends an empty PATCH
 at the end (a server killed between the last byte and publication then verifies and
 publishes; others answer 204) and HEADs again. A server that offers none is trusted only
 as far as the protocol allows: `per-chunk-checksum` when OPTIONS announced the checksum
@@ -20,6 +21,10 @@ Invariants:
 - The server names the upload (`Location`): `create` returns it with `created=True`
   before any byte is sent, so the uploader can journal it first; a restart `adopt`s
   the journaled URL and HEADs it instead of creating a second upload.
+- No creation carries the file (`creation-with-upload` is not used, `inline_create`
+  False): its URL would be unknown until the answer, so a sender killed after the
+  server published the file and before its journal record would leave a published
+  copy no journal names (docs/protocol.md, "Sending with `--protocol`").
 - PATCHes of one file are sequential (`overlapping_chunks` False): tus allows no gap
   and a tus server may abort a PATCH when the next one takes the upload's lock.
 - Status classes follow `client.py`: 408, 429, 5xx and 460 (a body damaged in transit)
@@ -31,6 +36,7 @@ Invariants:
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -96,6 +102,7 @@ class TusClient(UrlBook):
         self._corrupt = corruptor
         super().__init__()
         self._discovery: Discovery | None = None  # OPTIONS, asked once
+        self._discovering = asyncio.Lock()
 
     async def create(
         self, file_id: str, *, name: str, size: int, metadata: Mapping[str, str], digest: bytes
@@ -115,7 +122,7 @@ class TusClient(UrlBook):
         offset = _number(answer.headers, "Upload-Offset", required=False) or 0  # optional here
         self._urls[file_id] = url  # after the last check: a URL known here gets journaled
         if offset >= size:  # an empty file is complete at creation
-            return await self._confirmation(url, created=True)
+            return await self._confirmation(url, answer=answer, created=True)
         return Progress(offset=offset, location=url, created=True)
 
     async def query(self, file_id: str) -> Progress:
@@ -131,7 +138,7 @@ class TusClient(UrlBook):
             raise _refusal(answer)
         offset, length = _offset(answer.headers), _length(answer.headers)
         if length is not None and offset == length:
-            return await self._confirmation(url, head=answer)
+            return await self._confirmation(url, answer=answer)
         return Progress(offset=offset, location=url)
 
     async def put_chunk(
@@ -152,7 +159,7 @@ class TusClient(UrlBook):
             raise _refusal(answer)
         offset = _offset(answer.headers)
         if offset >= total:
-            return await self._confirmation(url)
+            return await self._confirmation(url, answer=answer)
         return Progress(offset=offset, location=url)
 
     async def finish_empty(self, file_id: str, *, announce: Announce | None = None) -> Progress:
@@ -168,20 +175,23 @@ class TusClient(UrlBook):
     async def _discover(self) -> Discovery:
         """OPTIONS {endpoint}, once per client: which checksum, if any, to send."""
         if self._discovery is None:
-            answer = await self._send("OPTIONS", self._endpoint)
-            if answer.status not in (200, 204):
-                raise _refusal(answer)
-            self._discovery = Discovery.from_headers(answer.headers)
+            async with self._discovering:  # concurrent first files ask once, not each
+                if self._discovery is None:
+                    answer = await self._send("OPTIONS", self._endpoint)
+                    if answer.status not in (200, 204):
+                        raise _refusal(answer)
+                    self._discovery = Discovery.from_headers(answer.headers)
         return self._discovery
 
-    async def _confirmation(
-        self, url: str, *, head: Answer | None = None, created: bool = False
-    ) -> Progress:
+    async def _confirmation(self, url: str, *, answer: Answer, created: bool = False) -> Progress:
         """The completed upload as a record: the server's whole-file digest if it offers
-        one (a fresh HEAD: a PATCH answer carries none), else what the protocol allows."""
-        answer = await self._described(url, head)
-        size = _offset(answer.headers)
+        one (on `answer`, the HEAD, PATCH or creation that showed the upload complete,
+        else on a fresh HEAD), else what the protocol allows."""
         digests = _repr_digests(answer.headers.get("Repr-Digest"))
+        if integrity.PREFERRED not in digests and answer.status != 200:
+            answer = await self._described(url, None)  # not a HEAD: ask one
+            digests = _repr_digests(answer.headers.get("Repr-Digest"))
+        size = _offset(answer.headers)
         if integrity.PREFERRED not in digests:
             # All bytes are stored but no digest is shown: a server killed between the
             # last byte and publication has not verified the file yet. An empty PATCH at

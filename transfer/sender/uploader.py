@@ -4,7 +4,9 @@ Invariants:
 - Before any (re)upload the file's bytes are hashed and compared with the journaled
   digest: a locally damaged file is never sent as truth (`LocalFileDamaged`). Each
   attempt reads the file through `localfile.open_checked`, which checks it; a file sent
-  in one request is checked and read in the same pass (see localfile's invariants).
+  in one request is checked and read in the same pass (see localfile's invariants); the
+  first attempt of a file this process just hashed for the journal may use that pass
+  instead (`deliver(hashed=...)`, `server_checks_chunks`: localfile's "One pass").
 - The server's offset is the only resume point: after any failure or 409 the next step
   asks (`bytes */*`) before it sends. A 308 that acknowledges less than was sent moves
   the next chunk back to what the server holds.
@@ -55,16 +57,16 @@ from transfer.core.events import Event
 from transfer.core.filestate import FileEvent
 from transfer.sender.client import Announce, Body, Client, Progress, Verified
 from transfer.sender.journal import JournalEntry
-from transfer.sender.localfile import LocalFile, open_checked
+from transfer.sender.localfile import Hashed, LocalFile, auto_chunk_size, open_checked
 from transfer.sender.localfile import hash_file as hash_file  # noqa: PLC0414
 from transfer.sender.reasons import Reason
 from transfer.sender.retry import RetryPolicy
+from transfer.sender.stall import Stall
 
 log = structlog.get_logger("transfer.uploader")
 
 _InFlight = deque[tuple[int, asyncio.Task[Progress]]]  # (end offset, its PUT), in order
 _MAX_RESYNCS = 20
-_MAX_STALLED = 25
 
 
 @dataclass(slots=True)
@@ -89,29 +91,45 @@ class Uploader:
     stopping: Callable[[], bool] = lambda: False
     # Journals an entry durably (the pipeline sets `journal.record`): a new upload URL.
     remember: Callable[[JournalEntry], Awaitable[None]] | None = None
+    # The server checks each chunk's Content-Digest and the Repr-Digest before it
+    # publishes (native protocol): the journaling pass may stand in for the first check.
+    server_checks_chunks: bool = False
 
-    async def deliver(self, entry: JournalEntry, *, fresh: bool = False) -> JournalEntry:
+    def journal_chunk(self, size: int) -> int | None:
+        """The chunk size at which to take chunk digests while journaling a `size`-byte
+        file; None when unused (sent in one request, or `server_checks_chunks` unset)."""
+        chunk = self.chunk_size or auto_chunk_size(size)
+        return chunk if self.server_checks_chunks and size > chunk else None
+
+    async def deliver(
+        self, entry: JournalEntry, *, fresh: bool = False, hashed: Hashed | None = None
+    ) -> JournalEntry:
         """Upload `entry` until confirmed or failed; returns the entry's new state.
 
         `fresh`: this process journaled the entry itself, under an id the server cannot
         know yet, so the first attempt skips the POST: its first PUT creates the upload.
-        Every attempt, fresh or not, first checks the file against the journal. Every log
-        line until it returns carries `file_id` (see the module's invariants).
+        Every attempt, fresh or not, first checks the file against the journal (`hashed`:
+        this process's journaling pass, for the first one). Every log line until it
+        returns carries `file_id` (see the module's invariants).
         """
         with structlog.contextvars.bound_contextvars(file_id=entry.file_id):
             self.client.adopt(entry.file_id, entry.upload_url)
             _bind_upload(entry.upload_url)
             try:
-                return await self._deliver(entry, fresh=fresh)
+                return await self._deliver(entry, fresh=fresh, hashed=hashed)
             finally:
                 self.client.forget(entry.file_id)
                 structlog.contextvars.unbind_contextvars("upload_id")
 
-    async def _deliver(self, entry: JournalEntry, *, fresh: bool) -> JournalEntry:
+    async def _deliver(
+        self, entry: JournalEntry, *, fresh: bool, hashed: Hashed | None
+    ) -> JournalEntry:
         inline = fresh and self.client.inline_create
+        hashed = hashed if fresh and self.server_checks_chunks else None
         for attempt in range(self.mismatch_retries + 1):
+            known, hashed = hashed, None  # it stands in for the first attempt's check only
             try:
-                progress = await self._push(entry, inline=inline and attempt == 0)
+                progress = await self._push(entry, inline=inline and attempt == 0, hashed=known)
             except RemoteError as exc:
                 if exc.code == Code.REPR_DIGEST_MISMATCH and attempt < self.mismatch_retries:
                     log.warning(Event.UPLOAD_MISMATCH, attempt=attempt + 1)
@@ -141,10 +159,11 @@ class Uploader:
         confirmed = entry.after(FileEvent.PROTOCOL_CHECKED)
         return dataclasses.replace(confirmed, verified=verified.value)
 
-    async def _push(self, entry: JournalEntry, *, inline: bool) -> Progress:
+    async def _push(self, entry: JournalEntry, *, inline: bool, hashed: Hashed | None) -> Progress:
         """One attempt: check the file (before any request), find or create the upload,
         send what the server lacks."""
-        async with open_checked(entry, self.chunk_size or auto_chunk_size(entry.size)) as source:
+        chunk = self.chunk_size or auto_chunk_size(entry.size)
+        async with open_checked(entry, chunk, hashed) as source:
             if inline:
                 progress = Progress(offset=0)
             else:
@@ -164,7 +183,7 @@ class Uploader:
         then one chunk at a time. A 409 re-asks the offset (at most `_MAX_RESYNCS`
         times); too many steps without progress end in a `TransientError`."""
         known: Progress | None = await self._pipeline(entry, source, progress)
-        stall = _Stall(best=progress.offset)
+        stall = Stall(best=progress.offset)
         resyncs = 0
         while known is None or known.record is None:
             self._check_stopping(entry)
@@ -334,15 +353,6 @@ def _unreachable(error: BaseException | None) -> bool:
     return isinstance(cause, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError)
 
 
-def auto_chunk_size(size: int) -> int:
-    """The whole file in one request up to 8 MiB, 8 MiB chunks beyond (a multiple of
-    256 KiB either way). Measured in docs/benchmarks.md: 256 KiB chunks cost a request and
-    an fsync each (45 MB/s on a 1 GiB file), 8 MiB ones reach the server's speed, larger
-    ones gain nothing and resend more after a kill; small files want one round trip."""
-    quantum = 256 * 1024
-    return min(max(-(-size // quantum) * quantum, quantum), 32 * quantum)
-
-
 def _announce(entry: JournalEntry) -> Announce:
     """The upload's parameters, the same in a POST and in a creating PUT. A watched
     file's metadata also carries its path relative to the watched folder and version."""
@@ -371,19 +381,3 @@ def _bind_upload(location: str | None) -> None:
 def _failed(entry: JournalEntry, event: FileEvent, reason: str) -> JournalEntry:
     log.error(Event.UPLOAD_FAILED, reason=reason)
     return entry.after(event, reason=reason)
-
-
-@dataclass(slots=True)
-class _Stall:
-    """Counts steps that moved nothing past `best`: a retry that only re-asks the offset
-    "succeeds", so a chunk the server refuses every time must not loop for ever."""
-
-    best: int
-    stalled: int = 0
-
-    def observe(self, offset: int) -> None:
-        """Raise `TransientError` after more than `_MAX_STALLED` steps in a row at `best`."""
-        self.stalled = 0 if offset > self.best else self.stalled + 1
-        self.best = max(self.best, offset)
-        if self.stalled > _MAX_STALLED:
-            raise TransientError(f"no progress at offset {self.best} after {self.stalled} tries")

@@ -73,6 +73,8 @@ class ConnLimits:
 
     def trusts(self, address: str) -> bool:
         """Is `address` inside one of the `--trusted-proxy` networks?"""
+        if not self.trusted:
+            return False  # the default: no address to parse, on every request
         ip = _ip(address)
         return ip is not None and any(ip in network for network in self.trusted)
 

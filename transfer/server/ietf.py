@@ -27,6 +27,9 @@ Invariants:
   its URL answers 404 instead of a smaller offset.
 - An upload is finalized (verified, published) only by a request with
   `Upload-Complete: ?1`; bytes that reach the length under `?0` wait for it.
+- A creation under `?1` that sends no 104 runs in `intake.deferring`: nothing is
+  answered before it is published or its parameters are durable. One that may send a
+  104 (which announces the upload's URL) makes them durable first.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ from transfer.core.protocol import ChunkRange, plan_chunk
 from transfer.core.records import UploadInfo
 from transfer.core.tenancy import public_id
 from transfer.server import intake
-from transfer.server.ietf_104 import offer_resumption
+from transfer.server.ietf_104 import may_offer, offer_resumption
 from transfer.server.ietf_request import Append, creation_spec, parse_append
 from transfer.server.middleware import bind_upload_id
 from transfer.server.state import STATE, ServerState
@@ -156,14 +159,20 @@ async def create(request: web.Request) -> web.Response:
     append = parse_append(request, offset=0)
     spec = creation_spec(request, bind_upload_id(request, secrets.token_urlsafe(16)), append)
     _check_limits(state, append)
-    async with state.admission.upload(spec.upload_id):
+    # The whole file, completed by this request and announced by no 104: published
+    # before the 201, like a native whole PUT (`intake.deferring`).
+    whole = append.complete and not may_offer(request)
+    async with (
+        state.admission.upload(spec.upload_id),
+        intake.deferring(state, spec.upload_id, whole=whole),
+    ):
         if spec.size is not None:
             state.admission.check_new(spec.size, spec.upload_id)
         info = await state.hooks.create(state.store, spec)
         log.info(Event.UPLOAD_CREATED, size=spec.size, name=spec.name, protocol=PROTOCOL)
-        url = _location(state, request, spec.upload_id)
-        limits = await _limits(state, interop_of(request), info)
-        await offer_resumption(request, url, limits)
+        if may_offer(request):
+            limits = await _limits(state, interop_of(request), info)
+            await offer_resumption(request, _location(state, request, spec.upload_id), limits)
         info = await _append(state, request, info, append)
     return await _answer(state, request, info, created=True)
 

@@ -43,10 +43,17 @@ def interim_bytes(location: str, interop: ietf.Interop, limits: str | None) -> b
     return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
 
 
+def may_offer(request: web.Request) -> bool:
+    """Whether the request's headers allow a 104 (the connection may still be gone): a
+    creation that may answer one announces its upload before the content is read."""
+    interop = ietf.parse_interop(request.headers.get("Upload-Draft-Interop-Version"))
+    return interop is not None and request.version == HttpVersion11
+
+
 async def offer_resumption(request: web.Request, location: str, limits: str | None) -> bool:
     """Send the 104 if the module docstring's conditions allow; whether it was sent."""
     interop = ietf.parse_interop(request.headers.get("Upload-Draft-Interop-Version"))
-    if interop is None or request.version != HttpVersion11:
+    if interop is None or not may_offer(request):
         return False
     if request.transport is None or request.transport.is_closing():
         return False

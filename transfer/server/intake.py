@@ -9,6 +9,9 @@ upload, labelled by its protocol: one copy, so the fronts cannot drift.
 - `finalize`: verify (against a declared `Repr-Digest`, if any) and publish, then count
   `transfer_uploads_completed_total{protocol=...}` and log `upload.completed`; a
   whole-file mismatch logs `upload.reset` (the store reset the upload to offset 0).
+- `deferring`: the scope in which a request that creates an upload and carries its
+  whole body (a native whole PUT, a tus creation-with-upload, an IETF `?1` creation)
+  may leave the upload's parameters not durable until it ends (`DeferringStore`).
 
 Invariant: the caller holds the upload's lock (`Admission.upload`).
 """
@@ -16,6 +19,7 @@ Invariant: the caller holds the upload's lock (`Admission.upload`).
 from __future__ import annotations
 
 import contextlib
+from contextlib import AbstractAsyncContextManager
 
 import structlog
 from aiohttp import web
@@ -45,6 +49,21 @@ def body_length(request: web.Request) -> int:
     if request.body_exists:
         raise ProtocolError(Code.LENGTH_REQUIRED, "this body needs Content-Length")
     return 0
+
+
+def deferring(
+    state: ServerState, upload_id: str, *, whole: bool
+) -> AbstractAsyncContextManager[None]:
+    """For a creating request whose body is the whole file, a scope in which the store
+    may create the upload without making its parameters durable: it is published (the
+    record holds them) or they are made durable before the scope ends. The caller holds
+    the id's lock throughout and answers nothing about the upload (no 104 either)
+    before the scope has ended. Not with delivering hooks: their `created` event would
+    announce the upload durably before."""
+    store = state.deferring
+    if whole and store is not None and not state.hooks.config.delivers:
+        return store.deferred(upload_id)
+    return contextlib.nullcontext()
 
 
 async def receive(

@@ -32,6 +32,7 @@ from transfer.core.errors import (
 from transfer.core.events import Event
 from transfer.core.lifecycle import Trigger, stage_of
 from transfer.core.records import UploadInfo, UploadSpec
+from transfer.server import intake
 from transfer.server.body import request_body
 from transfer.server.middleware import BYTES, bind_upload_id
 from transfer.server.state import STATE, ServerConfig, ServerState
@@ -44,7 +45,6 @@ from transfer.server.views import (
     range_headers,
     upload_id_of,
 )
-from transfer.store.base import DeferringStore
 
 log = structlog.get_logger("transfer.server")
 
@@ -120,13 +120,12 @@ async def put_chunk(request: web.Request) -> web.Response:
     repr_digest = _digests(request, "Repr-Digest")
     _check_limits(state.config, request, rng)
     async with state.admission.upload(upload_id), _deferring(state, upload_id, rng):
-        info = await state.store.get(upload_id)
-        if info is None:
-            info = await _create_from_put(state, request, upload_id, rng, repr_digest)
+        found = await state.store.get(upload_id)
+        info = found or await _create_from_put(state, request, upload_id, rng, repr_digest)
         if not lifecycle.allows(stage_of(info), Trigger.WRITE):
             return completed(info)  # published: it takes nothing more, whatever was sent
         try:
-            if repr_digest:
+            if repr_digest and found is not None:  # a creation took it into its spec
                 info = await state.store.declare(upload_id, size=None, repr_digest=repr_digest)
             info = await _apply(state, request, info, rng, content_digest)
         except ProtocolError as exc:
@@ -144,10 +143,7 @@ def _deferring(
     (the record holds them) or they are made durable before the answer goes out. Not
     with delivering hooks: their `created` event would announce it durably before."""
     whole = isinstance(rng, protocol.ChunkRange) and rng.start == 0 and rng.total == rng.end + 1
-    store = state.store
-    if whole and not state.hooks.config.delivers and isinstance(store, DeferringStore):
-        return store.deferred(upload_id)
-    return contextlib.nullcontext()
+    return intake.deferring(state, upload_id, whole=whole)
 
 
 def _too_large(config: ServerConfig) -> PayloadTooLarge:

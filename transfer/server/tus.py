@@ -6,7 +6,8 @@
                                  Upload-Concat partial / final: `tus_concat.py`)
     HEAD {base}{id}              Upload-Offset, Upload-Length or Upload-Defer-Length,
                                  Upload-Metadata, Upload-Concat, Upload-Expires
-    PATCH {base}{id}             append at Upload-Offset (`tus_chunk.py`); 204
+    PATCH {base}{id}             append at Upload-Offset (`tus_chunk.py`); 204, with
+                                 `Repr-Digest` once the upload is published (so the 201)
     DELETE {base}{id}            termination (views.delete_upload); 204
 
 One engine: a tus upload is an upload of the same store, under the same id everywhere
@@ -20,6 +21,8 @@ Invariants:
 - `X-HTTP-Method-Override` replaces the request's method wherever it is given.
 - Every header is parsed before the upload's lock is taken, so a malformed request
   changes nothing; a PATCH on a final (concatenated) upload is 403 `upload_is_final`.
+- A creation whose body is the whole file runs in `intake.deferring`: nothing is
+  answered before it is published or its parameters are durable.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ from transfer.core.errors import BadRequest, Code, ConfigError, PayloadTooLarge,
 from transfer.core.events import Event
 from transfer.core.records import UploadInfo, UploadSpec
 from transfer.core.tenancy import public_id
+from transfer.server import intake
+from transfer.server.intake import body_length
 from transfer.server.middleware import bind_upload_id
 from transfer.server.state import STATE, ServerState
 from transfer.server.tus_chunk import PROTOCOL, append, check_content_type
@@ -165,7 +170,13 @@ async def create(request: web.Request) -> web.Response:
         protocol=PROTOCOL,
         extra={tus.CONCAT_KEY: "partial"} if concat else {},
     )
-    async with state.admission.upload(spec.upload_id):
+    # The whole file in the creation request: published before the 201, like a native
+    # whole PUT, so its parameters need not be durable before then (`intake.deferring`).
+    whole = total is not None and body_length(request) == total
+    async with (
+        state.admission.upload(spec.upload_id),
+        intake.deferring(state, spec.upload_id, whole=whole),
+    ):
         if total is not None:
             state.admission.check_new(total, spec.upload_id)
         info = await state.hooks.create(state.store, spec)
@@ -192,8 +203,16 @@ async def _created(state: ServerState, request: web.Request, info: UploadInfo) -
     assert base is not None
     url = request.url.with_path(base + public_id(info.spec.upload_id)).with_query(None)
     headers = {"Location": str(url), "Upload-Offset": str(info.state.offset)}
-    headers.update(await expiry_headers(state, info))
+    headers.update(await _state_headers(state, info))
     return web.Response(status=201, headers=headers)
+
+
+async def _state_headers(state: ServerState, info: UploadInfo) -> dict[str, str]:
+    """After a creation or PATCH: `Repr-Digest` once the upload is published (as HEAD
+    shows it, so a client confirms without a HEAD), else `Upload-Expires`."""
+    if info.record is not None:
+        return {"Repr-Digest": integrity.format_digest_field(info.record.digests)}
+    return await expiry_headers(state, info)
 
 
 async def patch(request: web.Request) -> web.Response:
@@ -215,7 +234,7 @@ async def patch(request: web.Request) -> web.Response:
         except ProtocolError as exc:
             await _with_offset(state, upload_id, exc)
             raise
-    headers = {"Upload-Offset": str(info.state.offset), **(await expiry_headers(state, info))}
+    headers = {"Upload-Offset": str(info.state.offset), **(await _state_headers(state, info))}
     return web.Response(status=204, headers=headers)
 
 

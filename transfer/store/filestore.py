@@ -31,10 +31,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import shutil
 from collections.abc import AsyncIterable, AsyncIterator, Coroutine
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -45,31 +44,13 @@ from transfer.core.protocol import ChunkPlan, UploadState
 from transfer.core.records import FileRecord, UploadInfo, UploadSpec, check_same, declared
 from transfer.core.tenancy import SEPARATOR
 from transfer.store.base import PublishedFile, StoreCounts
-from transfer.store.chunkwriter import ChunkWriter
+from transfer.store.chunkwriter import ChunkWriter, StagingPool
 from transfer.store.layout import DiskLayout
 from transfer.store.lru import LRU
+from transfer.store.provisional import Provisional, close_created
 from transfer.store.shared import InFlight, RunningHash, whole_algorithms
 
 DEFAULT_CACHE_SIZE = 10_000  # completed records kept in memory: about 10 MiB
-
-
-@dataclass(slots=True)
-class _Provisional:
-    """An upload created inside `deferred`: it has no `.json` yet."""
-
-    spec: UploadSpec  # as created: what `save_spec` makes durable
-    fd: int | None  # its `.part`, open at 0, until the first chunk takes it
-
-    def close(self) -> None:
-        fd, self.fd = self.fd, None
-        if fd is not None:
-            os.close(fd)  # no I/O to wait for: the writes went to the page cache
-
-
-def _close_created(call: asyncio.Future[tuple[UploadInfo | None, int | None]]) -> None:
-    fd = None if call.cancelled() or call.exception() else call.result()[1]
-    if fd is not None:
-        os.close(fd)
 
 
 class FileStore:
@@ -95,7 +76,9 @@ class FileStore:
         self._writing = InFlight()
         self._cleanups: set[asyncio.Future[None]] = set()
         self._scopes: set[str] = set()  # ids inside `deferred`
-        self._provisional: dict[str, _Provisional] = {}
+        self._provisional: dict[str, Provisional] = {}
+        self._absent: set[str] = set()  # ids of a scope that `get` found nowhere on disk
+        self._pool = StagingPool()  # large chunks' direct-write buffers, reused
 
     def open(self) -> list[str]:
         """Create the layout, finish interrupted publications and migrate a flat layout
@@ -161,6 +144,8 @@ class FileStore:
                 continue  # a delete ran meanwhile: what we read may be gone
             if info is not None:
                 self._remember(info)
+            elif upload_id in self._scopes:
+                self._absent.add(upload_id)  # under the caller's lock: `create` need not look
             return info  # not `cached`: with --cache-size 0 a record is never cached
         return cached
 
@@ -180,16 +165,19 @@ class FileStore:
     async def _read_or_create(self, spec: UploadSpec) -> UploadInfo | None:
         """The upload the disk has (cached), or None once it is created: one hop."""
         upload_id, deletions = spec.upload_id, self._deletions
-        provisional = upload_id in self._scopes
+        provisional, absent = upload_id in self._scopes, upload_id in self._absent
+        self._absent.discard(upload_id)
         step = self._disk.read_or_create
-        call = asyncio.ensure_future(asyncio.to_thread(step, spec, provisional=provisional))
+        call = asyncio.ensure_future(
+            asyncio.to_thread(step, spec, provisional=provisional, known_absent=absent)
+        )
         try:
             found, fd = await asyncio.shield(call)
         except asyncio.CancelledError:
-            call.add_done_callback(_close_created)  # an orphan `.part`: removed at start
+            call.add_done_callback(close_created)  # an orphan `.part`: removed at start
             raise
         if fd is not None:
-            self._provisional[upload_id] = _Provisional(spec, fd)
+            self._provisional[upload_id] = Provisional(spec, fd)
         if found is not None and self._cached(upload_id) is None and deletions == self._deletions:
             self._remember(found)
         return found
@@ -203,6 +191,7 @@ class FileStore:
             yield
         finally:
             self._scopes.discard(upload_id)
+            self._absent.discard(upload_id)
             if upload_id in self._provisional:
                 await self._shielded(self._settle(upload_id))
 
@@ -272,7 +261,7 @@ class FileStore:
         entry = self._provisional.get(upload_id)
         if entry is not None and entry.fd is not None and info.state.offset == 0:
             fd, entry.fd = entry.fd, None  # the creation's descriptor, at 0: no second open
-            return ChunkWriter(fd, 0, plan, content_digest, durable=self._durable)
+            return ChunkWriter(fd, 0, plan, content_digest, durable=self._durable, pool=self._pool)
         try:
             return await ChunkWriter.open(
                 self._disk.part(upload_id),
@@ -280,6 +269,7 @@ class FileStore:
                 plan,
                 content_digest,
                 durable=self._durable,
+                pool=self._pool,
             )
         except BaseException:
             self._writing.end(upload_id)
@@ -373,6 +363,7 @@ class FileStore:
 
     def _forget(self, upload_id: str) -> None:
         self._deletions += 1
+        self._absent.discard(upload_id)
         self._drop_provisional(upload_id)
         self._open.pop(upload_id, None)
         self._done.pop(upload_id)

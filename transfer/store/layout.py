@@ -251,15 +251,17 @@ class DiskLayout:
         return UploadInfo(spec, UploadState(0, spec.size))
 
     def read_or_create(
-        self, spec: UploadSpec, *, provisional: bool
+        self, spec: UploadSpec, *, provisional: bool, known_absent: bool = False
     ) -> tuple[UploadInfo | None, int | None]:
         """(what the disk has, None) if the id exists; else it is created (`create`):
         (None, its `.part` open for writing at 0 if `provisional`, else None). One
-        thread hop for both steps of a creation.
+        thread hop for both steps of a creation. `known_absent`: the caller read the id
+        as missing under a lock that nothing creating it could pass, so it is not read
+        again (`create`'s check of `files/` still runs).
 
         Raises: as `create`.
         """
-        found = self.read(spec.upload_id)
+        found = None if known_absent else self.read(spec.upload_id)
         if found is not None:
             return found, None
         return None, self.create(spec, provisional=provisional)
