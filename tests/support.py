@@ -13,10 +13,12 @@ byte-identical on the server.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import subprocess
 import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import NoReturn
 
@@ -123,3 +125,38 @@ def node_with(folder: Path, packages: Iterable[str], needs: str) -> str:
     if missing or node is None:
         missing_piece(f"{needs} need {', '.join(missing)}")
     return node
+
+
+def damage_file(path: Path, how: str) -> None:
+    """Change a spooled file after it was journaled: flip a bit (at byte 1234), truncate,
+    append, or delete it."""
+    if how == "flip":
+        changed = bytearray(path.read_bytes())
+        changed[1234] ^= 0x10
+        path.write_bytes(bytes(changed))
+    elif how == "truncate":
+        path.write_bytes(path.read_bytes()[:-2])
+    elif how == "append":
+        path.write_bytes(path.read_bytes() + b"\0\0")
+    else:
+        path.unlink()
+
+
+@contextlib.contextmanager
+def small_tmpfs(where: Path, mib: int) -> Iterator[Path]:
+    """A tmpfs of `mib` MiB mounted at `where/disk`, unmounted (lazily if busy) at the
+    end; a machine that cannot mount one is a missing piece (a failure under CI)."""
+    mount = where / "disk"
+    mount.mkdir()
+    command = ["mount", "-t", "tmpfs", "-o", f"size={mib}m,mode=0755", "tmpfs", str(mount)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        missing_piece(f"cannot mount a tmpfs here: {exc}")
+    if done.returncode != 0:
+        missing_piece(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        if subprocess.run(["umount", str(mount)], capture_output=True, check=False).returncode:
+            subprocess.run(["umount", "-l", str(mount)], capture_output=True, check=False)

@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 import xxhash
 from store_conformance import body, broken, write
+from support import small_tmpfs
 
 from transfer.core.errors import InsufficientStorage, RequestTimeout
 from transfer.core.protocol import ChunkPlan
@@ -153,20 +154,9 @@ def test_a_position_the_kernel_refuses_direct_is_written_buffered(tmp_path: Path
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 6 MiB tmpfs, unmounted at teardown; skips when this machine cannot mount one."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    command = ["mount", "-t", "tmpfs", "-o", "size=6m,mode=0755", "tmpfs", str(mount)]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
-    except OSError as exc:
-        pytest.skip(f"cannot mount a tmpfs here: {exc}")
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
+    """A 6 MiB tmpfs (see `support.small_tmpfs`)."""
+    with small_tmpfs(tmp_path, 6) as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], capture_output=True, check=False)
 
 
 async def test_a_full_disk_is_insufficient_storage_and_leaves_the_old_offset(

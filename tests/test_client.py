@@ -20,6 +20,7 @@ import pytest
 import xxhash
 from aiohttp import web
 from pytest_aiohttp import AiohttpServer
+from support import damage_file
 
 from transfer.common.http import new_session
 from transfer.core.errors import Interrupted, RemoteError, TransientError
@@ -534,20 +535,6 @@ async def test_one_repr_digest_mismatch_then_success(start: Start, tmp_path: Pat
     done = await uploader(client, Sleeps(), mismatch_retries=2).deliver(entry)
     assert done.state is FileState.CONFIRMED
     assert scripted.exchange() == ["POST", "PUT bytes 0-999/1000"] * 2
-
-
-def damage_file(path: Path, how: str) -> None:
-    """Change a spooled file after it was journaled."""
-    if how == "flip":
-        changed = bytearray(path.read_bytes())
-        changed[1234] ^= 0x10
-        path.write_bytes(bytes(changed))
-    elif how == "truncate":
-        path.write_bytes(path.read_bytes()[:-2])
-    elif how == "append":
-        path.write_bytes(path.read_bytes() + b"\0\0")
-    else:
-        path.unlink()
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "append", "delete"])

@@ -21,7 +21,6 @@ import json
 import os
 import random
 import shutil
-import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ from support import (
     completions,
     named,
     run_transfer,
+    small_tmpfs,
     wait_until,
 )
 
@@ -59,21 +59,9 @@ def payload(size: int, seed: int) -> bytes:
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 4 MiB tmpfs, unmounted at teardown; skips when this machine cannot mount one."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    command = ["mount", "-t", "tmpfs", "-o", "size=4m,mode=0755", "tmpfs", str(mount)]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=10, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        pytest.skip(f"cannot mount a tmpfs here: {exc}")
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
+    """A 4 MiB tmpfs (see `support.small_tmpfs`)."""
+    with small_tmpfs(tmp_path, 4) as mount:
         yield mount
-    finally:
-        if subprocess.run(["umount", str(mount)], capture_output=True, check=False).returncode:
-            subprocess.run(["umount", "-l", str(mount)], capture_output=True, check=False)
 
 
 def fill(disk: Path, leave: int) -> Path:

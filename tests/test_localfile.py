@@ -19,6 +19,7 @@ import pytest
 import trustme
 import xxhash
 from conftest import StartServer
+from support import damage_file
 
 from transfer.common.http import Region, new_session
 from transfer.core.errors import LocalFileDamaged, TransientError
@@ -93,26 +94,13 @@ async def test_chunks_are_regions_of_the_checked_file(tmp_path: Path) -> None:
         assert region.digests == {"xxh3-128": xxhash.xxh3_128_digest(part)}
 
 
-def damage(path: Path, how: str) -> None:
-    if how == "flip":
-        changed = bytearray(path.read_bytes())
-        changed[1234] ^= 0x10
-        path.write_bytes(bytes(changed))
-    elif how == "truncate":
-        path.write_bytes(path.read_bytes()[:-2])
-    elif how == "append":
-        path.write_bytes(path.read_bytes() + b"\0\0")
-    else:
-        path.unlink()
-
-
 @pytest.mark.parametrize("how", ["flip", "truncate", "append", "delete"])
 @pytest.mark.parametrize("chunk", [CHUNK, 4 * CHUNK], ids=["chunked", "whole"])
 async def test_a_damaged_file_is_refused_before_anything_is_read(
     tmp_path: Path, how: str, chunk: int
 ) -> None:
     entry = spooled(tmp_path / "a.bin", pattern(2 * CHUNK))
-    damage(tmp_path / "a.bin", how)
+    damage_file(tmp_path / "a.bin", how)
     expected = "No such file" if how == "delete" else "changed on disk since it was journaled"
     with pytest.raises(LocalFileDamaged, match=expected):
         async with open_checked(entry, chunk):
