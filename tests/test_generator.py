@@ -151,6 +151,9 @@ def test_different_seed_different_files(seed: int, other: int, index: int) -> No
     assert content_for(seed, index, 1024) != content_for(seed, index + 1, 1024)
 
 
+AES_42_0_32 = "c55d9d12ea256a327b1e4506724bb51b4f179facdf0766bf7a0ef1abf8f12d47"
+
+
 def test_files_are_pinned_across_processes_and_versions() -> None:
     # String seeds hash with SHA-512: these values hold in every process and platform, so
     # a sender restarted (or upgraded) regenerates exactly the files it had journaled.
@@ -159,45 +162,27 @@ def test_files_are_pinned_across_processes_and_versions() -> None:
     assert [round(s.interval, 9) for s in specs] == [0.726177752, 0.1554086, 0.518639719]
     digest = hashlib.sha256(content_for(42, 0, 1024, version=1)).hexdigest()
     assert digest.startswith("43ddda98e8437c8f")
-    # Version 2 (SHAKE128), the one new spools get: pinned just the same.
-    assert GENERATOR_VERSION == 2
+    # Version 2 (SHAKE128): pinned just the same.
     digest = hashlib.sha256(content_for(42, 0, 1024, version=2)).hexdigest()
     assert digest.startswith("993d88ba3930a67a")
     digest = hashlib.sha256(content_for(42, 1, 3 * BLOCK + 6, version=2)).hexdigest()
     assert digest.startswith("68ece147e55d976f")
+    # Version 3 (AES-128-CTR), the one new spools get; the last file crosses a piece.
+    assert GENERATOR_VERSION == 3
+    assert content_for(42, 0, 32, version=3).hex() == AES_42_0_32
+    pins = [(0, 1024, "cf3abbc1"), (1, 3 * BLOCK + 6, "3dac20b1"), (0, PIECE + 18, "d3251a9f")]
+    for index, size, pin in pins:
+        digest = hashlib.sha256(content_for(42, index, size, version=3)).hexdigest()
+        assert digest.startswith(pin), (index, size)
     assert content_for(42, 0, 1024) == content_for(42, 0, 1024, version=GENERATOR_VERSION)
 
 
-def shake_blocks(seed: int, index: int, size: int) -> bytes:
-    """Version 2 as the module's docstring defines it, written out."""
-    blocks = [
-        hashlib.shake_128(f"{seed}:{index}:content:{k}".encode()).digest(BLOCK)
-        for k in range(-(-size // BLOCK))
-    ]
-    return b"".join(blocks)[:size]
-
-
-@given(seeds, indices, st.integers(min_value=0, max_value=3000).map(lambda n: 2 * n))
-def test_version_2_is_shake128_blocks_whatever_the_pieces(seed: int, index: int, size: int) -> None:
-    for piece in (4, 12, BLOCK, PIECE):
-        joined = b"".join(content_pieces(seed, index, size, piece, version=2))
-        assert joined == shake_blocks(seed, index, size)
-
-
-@pytest.mark.parametrize("size", [BLOCK - 2, BLOCK, BLOCK + 2, 2 * BLOCK + 6])
-@pytest.mark.parametrize("piece", [12, BLOCK - 4, BLOCK, 2 * BLOCK])
-def test_version_2_around_block_and_piece_boundaries(size: int, piece: int) -> None:
-    pieces = list(content_pieces(5, 9, size, piece, version=2))
-    assert b"".join(pieces) == shake_blocks(5, 9, size)
-    assert [len(p) for p in pieces][:-1] == [piece] * (-(-size // piece) - 1)
-    assert content_for(5, 9, size - 2, version=2) == shake_blocks(5, 9, size)[:-2]  # a prefix
-
-
 def test_the_versions_make_different_bytes() -> None:
-    assert content_for(3, 4, 4096, version=1) != content_for(3, 4, 4096, version=2)
+    made = {content_for(3, 4, 4096, version=v) for v in VERSIONS}
+    assert len(made) == len(VERSIONS)
 
 
-@pytest.mark.parametrize("version", [0, 3, -1])
+@pytest.mark.parametrize("version", [0, 4, -1])
 def test_an_unknown_version_is_refused(version: int) -> None:
     with pytest.raises(ValueError, match="version"):
         content_for(0, 0, 8, version=version)
@@ -207,8 +192,9 @@ def test_a_journal_names_its_version_and_none_is_version_1() -> None:
     assert version_of({}) == 1  # a journal written before versions existed
     assert version_of({"seed": "4", "generator": "1"}) == 1
     assert version_of({"generator": "2"}) == 2
-    assert set(VERSIONS) == {1, 2}
-    for unknown in ("3", "two", ""):
+    assert version_of({"generator": "3"}) == 3
+    assert set(VERSIONS) == {1, 2, 3}
+    for unknown in ("4", "three", ""):
         with pytest.raises(ConfigError, match="generator version"):
             version_of({"generator": unknown})
 
@@ -280,10 +266,10 @@ def test_a_256_mib_file_is_written_in_pieces(tmp_path: Path) -> None:
         assert stream.read(PIECE + 4) == one_call(1, 0, PIECE + 4)
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", VERSIONS)
 def test_write_file_matches_content_for_and_its_digest(tmp_path: Path, version: int) -> None:
     path = tmp_path / "f.bin"
-    size = BLOCK + 1024  # two blocks of version 2, in one piece
+    size = BLOCK + 1030  # two blocks of version 2, one piece; not whole AES blocks
     digest = asyncio.run(write_file(path, 42, 0, size, version))
     expected = content_for(42, 0, size, version=version)
     assert path.read_bytes() == expected

@@ -1,7 +1,7 @@
 """A spool keeps the generator version its journal names: a new spool journals the current
 one before its seed, a journal older than versions (no `generator` meta) goes on making
-version 1's bytes, and a version this sender does not know is refused before any work.
-Against a real in-process server and real spool files."""
+version 1's bytes, a version 2 spool version 2's, and a version this sender does not know
+is refused before any work. Against a real in-process server and real spool files."""
 
 from __future__ import annotations
 
@@ -70,25 +70,31 @@ async def test_a_new_spool_journals_the_current_version_before_its_seed(
         assert data == content_for(SEED, index, size, version=GENERATOR_VERSION)
 
 
-async def test_a_journal_older_than_versions_keeps_making_version_1(
-    served: Served, tmp_path: Path
+@pytest.mark.parametrize(("journaled", "version"), [(None, 1), ("1", 1), ("2", 2)])
+async def test_an_older_spool_keeps_making_its_versions_bytes(
+    served: Served, tmp_path: Path, journaled: str | None, version: int
 ) -> None:
     spool = tmp_path / "spool"
-    with FileJournal.open(spool) as journal:  # as a sender before versions left it
+    with FileJournal.open(spool) as journal:  # as an older sender left it
         await journal.set_meta("run", "oldrun")
+        if journaled is not None:  # None: a sender before versions
+            await journal.set_meta("generator", journaled)
         await journal.set_meta("seed", str(SEED))
+    written = meta_keys_in_order(spool)
     files = await send(served, spool)
-    assert meta_keys_in_order(spool) == ["run", "seed"]  # nothing added
+    assert meta_keys_in_order(spool) == written  # nothing added
+    assert version != GENERATOR_VERSION
     for index, data in files:
-        assert data == content_for(SEED, index, spec_for(CONFIG, SEED, index).size, version=1)
+        size = spec_for(CONFIG, SEED, index).size
+        assert data == content_for(SEED, index, size, version=version)
 
 
 async def test_a_newer_senders_version_is_refused_before_any_work(tmp_path: Path) -> None:
     spool = tmp_path / "spool"
     with FileJournal.open(spool) as journal:
         await journal.set_meta("run", "newrun")
-        await journal.set_meta("generator", "3")
+        await journal.set_meta("generator", "4")
         await journal.set_meta("seed", str(SEED))
-        with pytest.raises(ConfigError, match="generator version 3"):
+        with pytest.raises(ConfigError, match="generator version 4"):
             await prepare_journal(journal, SEED)
     assert not (spool / "files").exists()
