@@ -24,6 +24,7 @@ import xxhash
 from aiohttp import StreamReader, web
 from aiohttp.base_protocol import BaseProtocol
 from pytest_aiohttp import AiohttpClient
+from support import missing_piece
 
 from transfer.server.body import READ_SIZE, WIDE_FROM, _IdleWatch, _Stalled, request_body
 from transfer.server.state import ServerConfig
@@ -168,8 +169,9 @@ def _faults(mode: str) -> int:
     return int(done.stdout)
 
 
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 def test_tuned_allocator_reuses_the_heap_for_megabyte_pieces() -> None:
     """Megabyte pieces freed and allocated again stop faulting fresh pages in."""
+    if platform.libc_ver()[0] != "glibc":
+        missing_piece("mallopt is glibc's")
     untuned, tuned = _faults("default"), _faults("tuned")
     assert tuned * 4 < untuned
