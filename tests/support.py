@@ -24,7 +24,7 @@ from typing import NoReturn
 
 import pytest
 
-from transfer.sender.journal import FileJournal, FileState, JournalEntry
+from transfer.sender.journal import FileJournal, FileState, Journal, JournalEntry
 from transfer.testing.harness import (
     HOST,
     SenderProcess,
@@ -160,3 +160,28 @@ def small_tmpfs(where: Path, mib: int) -> Iterator[Path]:
     finally:
         if subprocess.run(["umount", str(mount)], capture_output=True, check=False).returncode:
             subprocess.run(["umount", "-l", str(mount)], capture_output=True, check=False)
+
+
+class JournalWrapper:
+    """A `Journal` that hands every call to `inner`; a test double overrides `record`."""
+
+    def __init__(self, inner: Journal) -> None:
+        self.inner = inner
+
+    def entries(self) -> list[JournalEntry]:
+        return self.inner.entries()
+
+    def get(self, file_id: str) -> JournalEntry | None:
+        return self.inner.get(file_id)
+
+    async def record(self, entry: JournalEntry) -> None:
+        await self.inner.record(entry)
+
+    def meta(self) -> dict[str, str]:
+        return self.inner.meta()
+
+    async def set_meta(self, key: str, value: str) -> None:
+        await self.inner.set_meta(key, value)
+
+    def close(self) -> None:
+        self.inner.close()

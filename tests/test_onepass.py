@@ -141,7 +141,6 @@ async def test_a_change_no_time_shows_is_refused_by_the_server(
     path = random_file(tmp_path / "a.bin", 3 * CHUNK)
     async with new_session() as session:
         uploader = Uploader(UploadClient(session, server.url), CHUNK, RetryPolicy(timeout=10))
-        uploader.server_checks_chunks = True
         hashed = hash_for_journal(path, uploader.journal_chunk)
         assert hashed.reusable and hashed.chunk == CHUNK
         rewrite(path, CHUNK + 10, b"changed")
@@ -166,7 +165,6 @@ async def test_a_change_after_journaling_is_found_before_any_request(
     path = random_file(tmp_path / "a.bin", 3 * CHUNK)
     async with new_session() as session:
         uploader = Uploader(UploadClient(session, server.url), CHUNK, RetryPolicy(timeout=10))
-        uploader.server_checks_chunks = True
         hashed = hash_for_journal(path, uploader.journal_chunk)
         before = path.stat()
         rewrite(path, CHUNK + 10, b"changed")

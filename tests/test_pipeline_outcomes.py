@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Served
+from support import JournalWrapper
 
 from transfer.common.http import new_session
 from transfer.core.filestate import FileState
@@ -24,34 +25,20 @@ KiB = 1024
 CONFIG = GeneratorConfig(count=6, min_size=KiB, max_size=96 * KiB, min_interval=0, max_interval=0)
 
 
-class Watched:
+class Watched(JournalWrapper):
     """A `Journal` that notes, for every outcome it journals, the bytes the uploader had
     sent when the record was asked for and when it was durable."""
 
     def __init__(self, inner: Journal, stats: UploadStats) -> None:
-        self.inner, self.stats = inner, stats
+        super().__init__(inner)
+        self.stats = stats
         self.outcomes: list[tuple[str, int, int]] = []  # (file_id, bytes before, bytes after)
-
-    def entries(self) -> list[JournalEntry]:
-        return self.inner.entries()
-
-    def get(self, file_id: str) -> JournalEntry | None:
-        return self.inner.get(file_id)
 
     async def record(self, entry: JournalEntry) -> None:
         before = self.stats.bytes_sent
         await self.inner.record(entry)
         if entry.state is not FileState.GENERATED:
             self.outcomes.append((entry.file_id, before, self.stats.bytes_sent))
-
-    def meta(self) -> dict[str, str]:
-        return self.inner.meta()
-
-    async def set_meta(self, key: str, value: str) -> None:
-        await self.inner.set_meta(key, value)
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 async def no_wait(seconds: float) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 import aiohttp
 import pytest
 from pytest_aiohttp import AiohttpServer
-from support import assert_delivered, metric, read_journal
+from support import JournalWrapper, assert_delivered, metric, read_journal
 
 from transfer.common.http import new_session
 from transfer.core.events import Event
@@ -212,33 +212,18 @@ class SimulatedCrash(Exception):
     """Stands for the process dying just before CONFIRMED reaches the journal."""
 
 
-class CrashOnConfirm:
+class CrashOnConfirm(JournalWrapper):
     """A `Journal` that records everything but CONFIRMED, which it 'dies' on."""
 
     def __init__(self, inner: Journal) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.refused: list[str] = []
-
-    def entries(self) -> list[JournalEntry]:
-        return self.inner.entries()
-
-    def get(self, file_id: str) -> JournalEntry | None:
-        return self.inner.get(file_id)
 
     async def record(self, entry: JournalEntry) -> None:
         if entry.state is FileState.CONFIRMED:
             self.refused.append(entry.file_id)
             raise SimulatedCrash(entry.file_id)
         await self.inner.record(entry)
-
-    def meta(self) -> dict[str, str]:
-        return self.inner.meta()
-
-    async def set_meta(self, key: str, value: str) -> None:
-        await self.inner.set_meta(key, value)
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 def make_sender(session: aiohttp.ClientSession, url: str, spool: Path, journal: Journal) -> Sender:

@@ -234,7 +234,6 @@ async def _send(args: argparse.Namespace, config: SenderConfig) -> int:
             servers = Servers(tuple(args.server))
             client = client_for(args, session, seed, servers)
             uploader = Uploader(client, args.chunk_size, RetryPolicy(timeout=args.retry_timeout))
-            uploader.server_checks_chunks = args.protocol == "native"  # localfile's one pass
             sender = Sender(config, journal, uploader)
             freeze_heap()
             signals.attach(lambda sig: sender.request_stop(Reason.SIGNAL, signal=sig.name))

@@ -10,7 +10,6 @@ Temporary names end in `.tmp` so recovery can sweep them.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 TMP_SUFFIX = ".tmp"
@@ -71,13 +70,3 @@ def remove_tmp_files(directory: Path) -> list[Path]:
     if removed:
         fsync_dir(directory)
     return removed
-
-
-def feed_file(path: Path, update: Callable[[bytes], None], block: int = 4 * 1024 * 1024) -> int:
-    """Feed a file's bytes to `update` (a hasher's) in blocks; returns the size read."""
-    size = 0
-    with path.open("rb") as stream:
-        while data := stream.read(block):
-            update(data)
-            size += len(data)
-    return size

@@ -22,7 +22,10 @@ the CLI (`send --protocol`). The uploader speaks only `Client` and `Progress`:
   the answer that created it: the uploader journals such a URL before sending a byte;
 - `inline_create`: the first chunk may create the upload (native only);
   `overlapping_chunks`: chunks of one file may be in flight at once (native only: a
-  tus server may abort a PATCH when the next one takes the upload's lock).
+  tus server may abort a PATCH when the next one takes the upload's lock);
+  `checks_chunks`: the server verifies every chunk's Content-Digest and the Repr-Digest
+  before it publishes (native only), so the sender's journaling pass may stand in for
+  the first attempt's check (sender/localfile.py, "One pass").
 """
 
 from __future__ import annotations
@@ -152,6 +155,8 @@ class Client(Protocol):
     def inline_create(self) -> bool: ...
     @property
     def overlapping_chunks(self) -> bool: ...
+    @property
+    def checks_chunks(self) -> bool: ...
     def adopt(self, file_id: str, location: str | None) -> None:
         """Continue the journaled upload at `location` (None: none is known)."""
 
@@ -173,6 +178,7 @@ class UploadClient:
 
     inline_create = True
     overlapping_chunks = True
+    checks_chunks = True
 
     def __init__(
         self,

@@ -153,6 +153,10 @@ class FailoverClient:
     def overlapping_chunks(self) -> bool:
         return self._clients[0].overlapping_chunks
 
+    @property
+    def checks_chunks(self) -> bool:
+        return self._clients[0].checks_chunks
+
     def adopt(self, file_id: str, location: str | None) -> None:
         if location is not None:
             self._urls[file_id] = location

@@ -45,6 +45,7 @@ class IetfClient(UrlBook):
 
     inline_create = False
     overlapping_chunks = False
+    checks_chunks = False  # a third-party server may not
 
     def __init__(
         self, session: aiohttp.ClientSession, endpoint: str, *, corruptor: Corruptor | None = None

@@ -51,7 +51,7 @@ The identity is an early warning, not the guarantee: a change it shows gets the 
 check (damaged before any request); a change it misses (bytes written in place through
 a mapping that was already dirty, so no time moved) is refused by the server, chunk by
 chunk. The pass stands in only where the server checks each chunk's xxh3-128
-(`Uploader.server_checks_chunks`: the native protocol), only for the first attempt of
+(`Client.checks_chunks`: the native protocol), only for the first attempt of
 a file journaled by this very process, and only at the chunk size it was taken at; a
 file resumed after a restart, any later attempt, and a file sent in one request (whose
 sent bytes are the checked ones) keep the full check.
@@ -230,10 +230,9 @@ def hash_for_journal(path: Path, chunk_for: Callable[[int], int | None]) -> Hash
         before = identity(os.fstat(fd))
         if (chunk := chunk_for(before[2])) is None:
             return Hashed(*_hash_fd(fd, _buffer(HASH_BLOCK)))
-        whole, chunks = xxhash.xxh3_128(), _ChunkDigests(chunk)
-        size = _feed(fd, _buffer(HASH_BLOCK), 0, None, lambda view: _both(whole, chunks, view))
+        size, digest, digests = _hash_chunked(fd, chunk)
         held = size == before[2] and identity(os.fstat(fd)) == before
-        return Hashed(size, whole.hexdigest(), chunk, chunks.finish(), before if held else None)
+        return Hashed(size, digest, chunk, digests, before if held else None)
     finally:
         os.close(fd)
 
@@ -258,13 +257,12 @@ def _open_hashed(entry: JournalEntry, chunk: int, hashed: Hashed | None) -> tupl
     try:
         if (known := _journaled(entry, chunk, hashed, fd)) is not None:
             return fd, known
-        whole, chunks = xxhash.xxh3_128(), _ChunkDigests(chunk)
-        size = _feed(fd, _buffer(HASH_BLOCK), 0, None, lambda view: _both(whole, chunks, view))
-        _compare(entry, size, whole.hexdigest())
+        size, digest, digests = _hash_chunked(fd, chunk)
+        _compare(entry, size, digest)
     except BaseException:
         os.close(fd)
         raise
-    return fd, chunks.finish()
+    return fd, digests
 
 
 def _journaled(entry: JournalEntry, chunk: int, hashed: Hashed | None, fd: int) -> bytes | None:
@@ -277,9 +275,17 @@ def _journaled(entry: JournalEntry, chunk: int, hashed: Hashed | None, fd: int) 
     return hashed.digests if identity(os.fstat(fd)) == hashed.identity else None
 
 
-def _both(whole: xxhash.xxh3_128, chunks: _ChunkDigests, view: memoryview) -> None:
-    whole.update(view)
-    chunks.update(view)
+def _hash_chunked(fd: int, chunk: int) -> tuple[int, str, bytes]:
+    """One pass over the file: its size, its hex xxh3-128 and the xxh3-128 of each
+    `chunk` bytes (16 bytes a chunk, in order)."""
+    whole, chunks = xxhash.xxh3_128(), _ChunkDigests(chunk)
+
+    def both(view: memoryview) -> None:
+        whole.update(view)
+        chunks.update(view)
+
+    size = _feed(fd, _buffer(HASH_BLOCK), 0, None, both)
+    return size, whole.hexdigest(), chunks.finish()
 
 
 class _ChunkDigests:

@@ -89,6 +89,7 @@ class TusClient(UrlBook):
 
     inline_create = False
     overlapping_chunks = False
+    checks_chunks = False  # a third-party server may not
 
     def __init__(
         self,

@@ -91,13 +91,17 @@ class Uploader:
     stopping: Callable[[], bool] = lambda: False
     # Journals an entry durably (the pipeline sets `journal.record`): a new upload URL.
     remember: Callable[[JournalEntry], Awaitable[None]] | None = None
-    # The server checks each chunk's Content-Digest and the Repr-Digest before it
-    # publishes (native protocol): the journaling pass may stand in for the first check.
-    server_checks_chunks: bool = False
+
+    @property
+    def server_checks_chunks(self) -> bool:
+        """The server checks each chunk's Content-Digest and the Repr-Digest before it
+        publishes (`Client.checks_chunks`): the journaling pass may stand in for the
+        first attempt's check."""
+        return self.client.checks_chunks
 
     def journal_chunk(self, size: int) -> int | None:
         """The chunk size at which to take chunk digests while journaling a `size`-byte
-        file; None when unused (sent in one request, or `server_checks_chunks` unset)."""
+        file; None when unused (sent in one request, or the server checks no chunk)."""
         chunk = self.chunk_size or auto_chunk_size(size)
         return chunk if self.server_checks_chunks and size > chunk else None
 

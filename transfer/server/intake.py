@@ -73,9 +73,11 @@ async def receive(
     plan: ChunkPlan,
     digest: Digests,
     *,
-    protocol: str,
+    protocol: str | None,
 ) -> UploadInfo:
     """Write the request's body as `plan` says; `digest` is the body's own (or {}).
+    The bytes kept are counted however the chunk ended (a broken-off body's may be
+    kept), labelled by `protocol` (None: the native protocol, unlabelled).
 
     Raises:
         ProtocolError: the store's and admission's refusals (digest, 507, 503, 408, ...).
@@ -91,7 +93,8 @@ async def receive(
         after = await state.store.get(upload_id)
         written = (after.state.offset if after else info.state.offset) - info.state.offset
         request[BYTES] = written
-        state.metrics.inc("transfer_bytes_received_total", written, protocol=protocol)
+        labels = {"protocol": protocol} if protocol else {}
+        state.metrics.inc("transfer_bytes_received_total", written, **labels)
 
 
 async def finalize(state: ServerState, upload_id: str, protocol: str) -> UploadInfo:

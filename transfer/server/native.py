@@ -12,7 +12,6 @@ Invariants:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import secrets
 from contextlib import AbstractAsyncContextManager
@@ -33,8 +32,7 @@ from transfer.core.events import Event
 from transfer.core.lifecycle import Trigger, stage_of
 from transfer.core.records import UploadInfo, UploadSpec
 from transfer.server import intake
-from transfer.server.body import request_body
-from transfer.server.middleware import BYTES, bind_upload_id
+from transfer.server.middleware import bind_upload_id
 from transfer.server.state import STATE, ServerConfig, ServerState
 from transfer.server.views import (
     completed,
@@ -138,10 +136,7 @@ async def put_chunk(request: web.Request) -> web.Response:
 def _deferring(
     state: ServerState, upload_id: str, rng: protocol.ContentRange
 ) -> AbstractAsyncContextManager[None]:
-    """For a body that is the whole file, a scope in which the store may create the
-    upload without making its parameters durable (`DeferringStore`): it is published
-    (the record holds them) or they are made durable before the answer goes out. Not
-    with delivering hooks: their `created` event would announce it durably before."""
+    """`intake.deferring` for a body that is the whole file."""
     whole = isinstance(rng, protocol.ChunkRange) and rng.start == 0 and rng.total == rng.end + 1
     return intake.deferring(state, upload_id, whole=whole)
 
@@ -210,7 +205,7 @@ async def _apply(
         info = await state.store.declare(upload_id, size=total, repr_digest={})
     else:
         plan = protocol.plan_chunk(info.state, rng)
-        info = await _receive(state, request, info, plan, content_digest)
+        info = await intake.receive(state, request, info, plan, content_digest, protocol=None)
     if _may_finalize(info):
         info = await _finalize(state, upload_id)
     return info
@@ -219,28 +214,6 @@ async def _apply(
 def _may_finalize(info: UploadInfo) -> bool:
     """All bytes are stored and nothing is published yet."""
     return lifecycle.allows(stage_of(info), Trigger.FINALIZE)
-
-
-async def _receive(
-    state: ServerState,
-    request: web.Request,
-    info: UploadInfo,
-    plan: protocol.ChunkPlan,
-    content_digest: dict[str, bytes],
-) -> UploadInfo:
-    upload_id = info.spec.upload_id
-    try:
-        async with (
-            state.admission.receiving(plan.write, upload_id) as slot,
-            contextlib.aclosing(request_body(request, state.config, slot)) as body,
-        ):
-            return await state.store.write_chunk(upload_id, plan, body, content_digest)
-    finally:
-        # Counted however the chunk ended: bytes of a broken-off body may be kept.
-        after = await state.store.get(upload_id)
-        written = (after.state.offset if after else info.state.offset) - info.state.offset
-        request[BYTES] = written
-        state.metrics.inc("transfer_bytes_received_total", written)
 
 
 async def _finalize(state: ServerState, upload_id: str) -> UploadInfo:
